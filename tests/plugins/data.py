@@ -1,0 +1,74 @@
+"""The real dataset (read-only, path from one setting) and small copies of it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tasks.settings import configure_environment, real_dataset_dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def phase2_state(tmp_path_factory) -> Path:
+    """Every test session gets its own state dir: nothing lands in the user's home."""
+    state = Path(os.environ.get("PHASE2_TEST_STATE_DIR") or tmp_path_factory.mktemp("state"))
+    os.environ["PHASE2_STATE_DIR"] = str(state)
+    os.environ.pop("WANDB_API_KEY", None)
+    configure_environment(state)
+    return state
+
+
+@pytest.fixture(scope="session")
+def real_dataset() -> Path:
+    """../shared/datasets/site-inspection (or $PHASE2_REAL_DATASET). Never write into it."""
+    root = real_dataset_dir()
+    if not (root / "data.yaml").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"real dataset missing at {root} (set PHASE2_REAL_DATASET)")
+        pytest.skip(f"real dataset not found at {root}; set PHASE2_REAL_DATASET to run this test")
+    return root
+
+
+def copy_subset(src: Path, dst: Path, per_split: dict[str, int], prefer_class: int | None = 2) -> Path:
+    """Copy the first N images (+labels) of each split, images with `prefer_class` first.
+
+    Deterministic (sorted names). Returns the new data.yaml path.
+    """
+    import yaml
+
+    meta = yaml.safe_load((src / "data.yaml").read_text())
+    for split, n in per_split.items():
+        images = sorted((src / split / "images").iterdir())
+
+        def has_class(img: Path) -> bool:
+            label = src / split / "labels" / (img.stem + ".txt")
+            if prefer_class is None or not label.exists():
+                return False
+            return any(line.split()[:1] == [str(prefer_class)] for line in label.read_text().splitlines())
+
+        images.sort(key=lambda p: (not has_class(p), p.name))
+        (dst / split / "images").mkdir(parents=True, exist_ok=True)
+        (dst / split / "labels").mkdir(parents=True, exist_ok=True)
+        for img in images[:n]:
+            shutil.copy2(img, dst / split / "images" / img.name)
+            label = src / split / "labels" / (img.stem + ".txt")
+            if label.exists():
+                shutil.copy2(label, dst / split / "labels" / label.name)
+    out = {
+        "train": "./train/images",
+        "val": "./val/images",
+        "test": "./test/images",
+        "nc": meta["nc"],
+        "names": meta["names"],
+    }
+    (dst / "data.yaml").write_text(yaml.safe_dump(out, sort_keys=False))
+    return dst / "data.yaml"
+
+
+@pytest.fixture
+def small_real_dataset(real_dataset, tmp_path) -> Path:
+    """A handful of real images per split, in a temp dir (writable); returns data.yaml."""
+    return copy_subset(real_dataset, tmp_path / "site-small", {"train": 8, "val": 4, "test": 3})
