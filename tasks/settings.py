@@ -102,6 +102,12 @@ def _write_ultralytics_settings(config_dir: Path, state: Path) -> None:
     wanted = {
         "sync": False,
         "hub": False,
+        "clearml": False,
+        "comet": False,
+        "dvc": False,
+        "mlflow": False,
+        "raytune": False,
+        "tensorboard": False,
         "wandb": False,  # we stream to W&B ourselves; its callback would finish our run
         "runs_dir": str(state / "runs"),
         "datasets_dir": str(state / "datasets"),
