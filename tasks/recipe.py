@@ -1,0 +1,224 @@
+"""Training recipes: YAML data in configs/, validated by pydantic, linted for silent traps.
+
+The same models type the flow's parameters, so the Prefect UI renders them as a form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class RecipeError(ValueError):
+    """A recipe file that can't be used; the message names the file, the key and the fix."""
+
+
+class TrainArgs(BaseModel):
+    """Ultralytics `train` arguments. Unknown keys are rejected (a typo must not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        "baseline",
+        description="Start weights: 'baseline' (the flow's baseline parameter), a local .pt, an "
+        "s3:// URI, a registry reference like site-inspection-detector:production, or a model yaml "
+        "(from scratch).",
+    )
+    epochs: PositiveInt = 80
+    imgsz: int | Literal["native"] = Field(
+        640, description="Training size in px, or 'native': the dataset's recommended size."
+    )
+    batch: int = Field(8, ge=-1, description="Images per batch (-1: Ultralytics auto-batch on GPU).")
+    device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, mps, 0, or '0,1' for DDP.")
+    workers: int = Field(4, ge=0)
+    optimizer: Literal["SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD", "auto"] = "AdamW"
+    lr0: float = Field(0.0001, gt=0)
+    lrf: float = Field(0.01, gt=0, le=1)
+    cos_lr: bool = True
+    warmup_epochs: float = Field(3.0, ge=0)
+    warmup_bias_lr: float = Field(0.1, ge=0)
+    warmup_momentum: float = Field(0.8, ge=0, le=1)
+    momentum: float = Field(0.937, ge=0, le=1)
+    weight_decay: float = Field(0.001, ge=0)
+    box: float = Field(10.0, ge=0)
+    cls: float = Field(0.6, ge=0)
+    dfl: float = Field(1.7, ge=0)
+    iou: float | None = Field(None, gt=0, le=1, description="NMS IoU of per-epoch validation.")
+    conf: float | None = Field(None, ge=0, le=1, description="Confidence of per-epoch validation.")
+    max_det: PositiveInt = 300
+    mosaic: float = Field(0.2, ge=0, le=1)
+    mixup: float = Field(0.0, ge=0, le=1)
+    copy_paste: float = Field(0.0, ge=0, le=1)
+    degrees: float = Field(5.0, ge=-180, le=180)
+    translate: float = Field(0.1, ge=0, le=1)
+    scale: float = Field(0.6, ge=0)
+    shear: float = Field(0.0, ge=-180, le=180)
+    perspective: float = Field(0.0, ge=0, le=0.001)
+    flipud: float = Field(0.0, ge=0, le=1)
+    fliplr: float = Field(0.5, ge=0, le=1)
+    close_mosaic: int = Field(20, ge=0)
+    hsv_h: float = Field(0.015, ge=0, le=1)
+    hsv_s: float = Field(0.7, ge=0, le=1)
+    hsv_v: float = Field(0.4, ge=0, le=1)
+    patience: PositiveInt = 15
+    save_period: int = Field(5, description="Extra checkpoint every N epochs (-1: off).")
+    seed: int = 0
+    deterministic: bool = True
+    amp: bool = True
+    cache: bool | Literal["ram", "disk"] = False
+    plots: bool = True
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value.endswith((".yaml", ".yml")) and "/" not in value:
+            import re
+
+            if not re.fullmatch(r"yolo(v8|11|12|26)?[nsmlx]?\.ya?ml", value):
+                raise ValueError(f"unknown model yaml {value!r}; use e.g. yolo11n.yaml or yolo11s.yaml")
+        return value
+
+    def ultralytics_kwargs(self, imgsz: int) -> dict[str, Any]:
+        """Arguments for `YOLO.train`, with the resolved image size and no unset values."""
+        args = self.model_dump(exclude={"model"}, exclude_none=True)
+        args["imgsz"] = imgsz
+        return args
+
+
+class SelectionSettings(BaseModel):
+    """How the checkpoint is chosen (see tasks/selection.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["fitness", "mAP50", "class_aware"] = "fitness"
+    class_floors: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description='e.g. {"toe_drain": {"AP50": 0.6}} for class_aware'
+    )
+
+
+class PromotionSettings(BaseModel):
+    """When a new version may replace production (see tasks/registry.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = "mAP50-95"
+    max_drop: float = Field(0.0, ge=0, description="Allowed drop of `metric` versus production.")
+    class_floors: dict[str, dict[str, float]] = Field(default_factory=dict)
+    absolute_minimums: dict[str, float] = Field(
+        default_factory=dict, description="Overall floors a first model must pass, e.g. {'mAP50': 0.5}"
+    )
+
+
+class RebalanceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    targets: dict[str, int] = Field(default_factory=lambda: {"toe_drain": 18})
+    seed: int = 0
+
+
+class ValidationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phash_threshold: int = Field(4, ge=0, le=64)
+    allow: list[str] = Field(default_factory=list, description="Finding codes that don't block training.")
+
+
+class Recipe(BaseModel):
+    """A whole Phase 2 recipe: training arguments plus the policies around them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    train: TrainArgs = Field(default_factory=TrainArgs)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    rebalance: RebalanceSettings = Field(default_factory=RebalanceSettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+
+
+def load_recipe(path_or_name: str | Path) -> Recipe:
+    """Load configs/<name>.yaml or a path; errors name the file, the key and what is wrong."""
+    path = Path(path_or_name)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{path_or_name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise RecipeError(f"{path}: recipe not found. Known recipes: {known}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{where}: not valid YAML ({exc}). Fix the syntax.") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping with at least `name:` and `train:`")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            hint = "remove it or fix its spelling" if err["type"] == "extra_forbidden" else "fix the value"
+            lines.append(f"{path}: {key}: {err['msg']} ({hint})")
+        raise RecipeError("\n".join(lines)) from None
+
+
+class LintWarning(BaseModel):
+    code: str
+    field: str
+    message: str
+
+
+def lint_recipe(recipe: Recipe, native_imgsz: int | None = None) -> list[LintWarning]:
+    """Settings that silently do something else than the user thinks."""
+    t = recipe.train
+    out: list[LintWarning] = []
+    if t.conf is not None:
+        out.append(LintWarning(
+            code="TRAIN_CONF", field="train.conf",
+            message=f"conf={t.conf} at training time only changes per-epoch validation: it lowers "
+            "results.csv metrics and the fitness that picks best.pt. Remove it; set conf at inference.",
+        ))
+    if t.iou is not None:
+        out.append(LintWarning(
+            code="TRAIN_IOU", field="train.iou",
+            message=f"iou={t.iou} is the NMS threshold of per-epoch validation, not a box-loss or "
+            "matching threshold: it does not make boxes tighter.",
+        ))
+    if t.close_mosaic >= t.epochs and t.mosaic > 0:
+        out.append(LintWarning(
+            code="CLOSE_MOSAIC_GE_EPOCHS", field="train.close_mosaic",
+            message=f"close_mosaic={t.close_mosaic} >= epochs={t.epochs}: mosaic={t.mosaic} is never used.",
+        ))
+    if t.optimizer != "auto" and t.warmup_epochs > 0 and t.warmup_bias_lr > 10 * t.lr0:
+        out.append(LintWarning(
+            code="WARMUP_BIAS_LR", field="train.warmup_bias_lr",
+            message=f"warmup_bias_lr={t.warmup_bias_lr} is {t.warmup_bias_lr / t.lr0:.0f}x lr0={t.lr0}: "
+            "bias parameters start warmup at that rate (see lr/pg0 in results.csv). Set it near lr0.",
+        ))
+    if native_imgsz and isinstance(t.imgsz, int) and t.imgsz > 1.5 * native_imgsz:
+        factor = (t.imgsz / native_imgsz) ** 2
+        out.append(LintWarning(
+            code="IMGSZ_ABOVE_NATIVE", field="train.imgsz",
+            message=f"imgsz={t.imgsz} upsamples images whose largest side is {native_imgsz} px: "
+            f"~{factor:.1f}x the compute for no new detail. Use imgsz: native.",
+        ))
+    if t.save_period == 0:
+        out.append(LintWarning(code="SAVE_PERIOD_ZERO", field="train.save_period",
+                               message="save_period=0 is treated as off; use -1 or a positive period."))
+    return out
+
+
+def resolve_imgsz(recipe: Recipe, recommended_imgsz: int | None) -> int:
+    if recipe.train.imgsz == "native":
+        if not recommended_imgsz:
+            raise RecipeError(f"recipe {recipe.name}: imgsz 'native' needs the dataset's recommended size")
+        return recommended_imgsz
+    return int(recipe.train.imgsz)
