@@ -1,0 +1,387 @@
+"""Fine-tuning: Ultralytics in a child process, followed through results.csv, resumable.
+
+Why a child process: a Prefect timeout or cancellation can kill it, a crash in torch can't take
+the worker down, its memory is returned to the OS, and Ultralytics' own DDP launcher works
+from it unchanged. Why results.csv: it is written by rank 0 on CPU, one GPU and DDP alike,
+whereas in-process callbacks are dropped under DDP.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from tasks.hashing import sha256_file
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "COMPLETE.json"
+
+
+class TrainingFailed(RuntimeError):
+    """The Ultralytics child exited non-zero; the message carries the tail of its log."""
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint can't be resumed as asked (e.g. a different number of epochs)."""
+
+
+class FineTuneResult(BaseModel):
+    save_dir: Path
+    run_prefix: str
+    run_uri: str | None
+    results_csv: Path
+    args_yaml: Path
+    best: Path
+    best_sha256: str
+    last: Path
+    last_sha256: str
+    checkpoints: dict[str, str] = {}
+    epochs_planned: int
+    epochs_completed: int
+    epochs_trained_this_attempt: int
+    resumed_from_epoch: int | None
+    best_epoch: int | None
+    stop_reason: str
+    wall_time_s: float
+    s_per_epoch: float | None
+    peak_rss_mb: float | None
+    wandb_run_path: str | None
+
+
+def read_results(results_csv: Path) -> list[dict[str, str]]:
+    """results.csv rows with stripped column names (older Ultralytics pads them)."""
+    if not results_csv.exists():
+        return []
+    with results_csv.open(newline="") as fh:
+        return [{k.strip(): v.strip() for k, v in row.items() if k} for row in csv.DictReader(fh)]
+
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """torch.save writes a zip; a torn write (kill -9 mid-write) lacks the central directory."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return bool(zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def checkpoint_state(path: Path) -> dict[str, Any]:
+    """Epoch (0-based, -1 once Ultralytics stripped the final checkpoint) and train args."""
+    import torch
+
+    # weights_only=False unpickles: only called on files this pipeline wrote or verified.
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return {"epoch": ckpt.get("epoch", -1), "train_args": ckpt.get("train_args") or {}}
+
+
+def _truncate_results(results_csv: Path, keep_epochs: int) -> None:
+    """Drop rows after the checkpoint's epoch.
+
+    Ultralytics appends the results.csv row *before* writing last.pt; a kill in between leaves
+    a row for an epoch the checkpoint does not have, and resuming would log that epoch twice.
+    """
+    if not results_csv.exists():
+        return
+    lines = results_csv.read_text().splitlines(keepends=True)
+    if len(lines) - 1 > keep_epochs:
+        results_csv.write_text("".join(lines[: keep_epochs + 1]))
+
+
+class _CheckpointUploader:
+    """Uploads checkpoints as they appear, in a background thread, without blocking training.
+
+    A file is uploaded once its size and mtime are unchanged for one poll and it is a complete
+    zip; it is first copied aside so training can overwrite it during the upload.
+    """
+
+    def __init__(self, store, prefix: str, weights_dir: Path):
+        self.store, self.prefix, self.weights_dir = store, prefix, weights_dir
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-upload")
+        self.seen: dict[str, tuple[int, int]] = {}
+        self.pending: dict[str, tuple[int, int]] = {}
+        self.uploaded: dict[str, str] = {}
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+
+    def poll(self) -> None:
+        if not self.store or not self.weights_dir.exists():
+            return
+        for path in sorted(self.weights_dir.glob("*.pt")):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            sig = (st.st_size, st.st_mtime_ns)
+            if self.seen.get(path.name) == sig:
+                continue
+            if self.pending.get(path.name) == sig:
+                self.seen[path.name] = sig
+                del self.pending[path.name]
+                self.pool.submit(self._upload, path)
+            else:
+                self.pending[path.name] = sig
+
+    def _upload(self, path: Path) -> None:
+        snapshot = path.with_name(f".upload-{path.name}")
+        try:
+            snapshot.write_bytes(path.read_bytes())
+            if not checkpoint_is_complete(snapshot):
+                return  # being written; the next poll sees a new mtime
+            key = f"{self.prefix}/weights/{path.name}"
+            self.store.put_file(snapshot, key)
+            with self._lock:
+                self.uploaded[path.name] = self.store.uri(key)
+        except Exception as exc:  # an upload failure must not stop training; retried at the end
+            self.errors.append(f"{path.name}: {exc}")
+            self.seen.pop(path.name, None)
+        finally:
+            snapshot.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGKILL the child when the process that started it dies (worker killed)."""
+    os.setpgrp()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _kill_child(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def fine_tune(
+    *,
+    weights: Path | str,
+    data_yaml: Path,
+    train_args: dict[str, Any],
+    save_dir: Path,
+    store=None,
+    run_prefix: str,
+    tracker=None,
+    poll_s: float = 1.0,
+    on_epoch: Callable[[dict[str, str]], None] | None = None,
+) -> FineTuneResult:
+    """Train (or resume) into `save_dir`; stream epochs; upload checkpoints; return the summary.
+
+    `train_args` are Ultralytics train kwargs (epochs, imgsz, ...). Re-calling with the same
+    `save_dir` after a crash continues from the newest complete last.pt (local, else S3) to the
+    same final epoch; a finished run is returned as is.
+    """
+    save_dir = Path(save_dir)
+    weights_dir = save_dir / "weights"
+    results_csv = save_dir / "results.csv"
+    marker = save_dir / COMPLETE_MARKER
+    epochs = int(train_args["epochs"])
+    if marker.exists():
+        return FineTuneResult.model_validate_json(marker.read_text())
+
+    started = time.monotonic()
+    last = weights_dir / "last.pt"
+    _restore_from_store(store, run_prefix, save_dir)
+    resume_epoch: int | None = None
+    if last.exists():
+        if not checkpoint_is_complete(last):
+            raise ResumeError(f"{last} is torn (killed mid-write) and no intact copy is in S3; "
+                              f"delete {save_dir} to start over")
+        state = checkpoint_state(last)
+        if state["epoch"] >= 0:
+            planned = int(state["train_args"].get("epochs", epochs))
+            if planned != epochs:
+                raise ResumeError(
+                    f"{last} was trained towards {planned} epochs; Ultralytics cannot resume to "
+                    f"{epochs}. Keep epochs={planned}, or start a new run to train longer."
+                )
+            resume_epoch = state["epoch"] + 1  # epochs completed
+            _truncate_results(results_csv, resume_epoch)
+    rows_before = len(read_results(results_csv)) if resume_epoch else 0
+
+    spec = {
+        "model": str(last if resume_epoch else weights),
+        "resume": bool(resume_epoch),
+        "data": str(data_yaml),
+        "train_args": {**train_args, "project": str(save_dir.parent), "name": save_dir.name,
+                       "exist_ok": True},
+    }
+    save_dir.mkdir(parents=True, exist_ok=True)
+    spec_file = save_dir.parent / f"{save_dir.name}.spec.json"
+    spec_file.write_text(json.dumps(spec, indent=2, default=str))
+    log_file = save_dir.parent / f"{save_dir.name}.log"
+    if resume_epoch:
+        log.info("Resuming %s after epoch %d of %d", save_dir, resume_epoch, epochs)
+
+    uploader = _CheckpointUploader(store, run_prefix, weights_dir)
+    streamed = rows_before if tracker is None else 0
+    epoch_started = time.monotonic()
+    peak = None
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tasks.fine_tune", str(spec_file)],
+            stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            while True:
+                code = proc.poll()
+                rows = read_results(results_csv)
+                for row in rows[streamed:]:
+                    epoch = int(float(row["epoch"]))
+                    if tracker is not None:
+                        tracker.log_epoch(row)
+                    if epoch > rows_before:
+                        now = time.monotonic()
+                        done = epoch - rows_before
+                        s_epoch = (now - started) / done
+                        log.info("epoch %d/%d  mAP50 %s  %.1f s/epoch  ETA %.0f s", epoch, epochs,
+                                 row.get("metrics/mAP50(B)", "?"), s_epoch, s_epoch * (epochs - epoch))
+                        epoch_started = now
+                    if on_epoch:
+                        on_epoch(row)
+                streamed = len(rows)
+                uploader.poll()
+                peak = _peak_rss_mb(proc.pid) or peak
+                if code is not None:
+                    break
+                time.sleep(poll_s)
+        finally:
+            _kill_child(proc)
+            uploader.finish()
+    if proc.returncode != 0:
+        tail = log_file.read_text(errors="replace").splitlines()[-25:]
+        raise TrainingFailed(f"Ultralytics exited with {proc.returncode}; log {log_file}:\n" + "\n".join(tail))
+
+    rows = read_results(results_csv)
+    best, last = weights_dir / "best.pt", weights_dir / "last.pt"
+    checkpoints = dict(uploader.uploaded)
+    if store is not None:
+        for path in [best, last, *sorted(weights_dir.glob("epoch*.pt")), results_csv, save_dir / "args.yaml"]:
+            if path.exists():
+                key = f"{run_prefix}/{path.relative_to(save_dir)}"
+                store.put_file(path, key)
+                checkpoints[path.name] = store.uri(key)
+    trained_now = len(rows) - rows_before
+    wall = time.monotonic() - started
+    from tasks.selection import summarize_history
+
+    history = summarize_history(results_csv, patience=train_args.get("patience"), epochs=epochs)
+    result = FineTuneResult(
+        save_dir=save_dir,
+        run_prefix=run_prefix,
+        run_uri=store.uri(run_prefix) if store is not None else None,
+        results_csv=results_csv,
+        args_yaml=save_dir / "args.yaml",
+        best=best,
+        best_sha256=sha256_file(best),
+        last=last,
+        last_sha256=sha256_file(last),
+        checkpoints=checkpoints,
+        epochs_planned=epochs,
+        epochs_completed=len(rows),
+        epochs_trained_this_attempt=trained_now,
+        resumed_from_epoch=resume_epoch,
+        best_epoch=history.best_epoch.get("mAP50-95") if hasattr(history, "best_epoch") else None,
+        stop_reason=history.stop_reason,
+        wall_time_s=round(wall, 1),
+        s_per_epoch=round(wall / trained_now, 2) if trained_now else None,
+        peak_rss_mb=round(peak, 1) if peak else None,
+        wandb_run_path=tracker.run_path if tracker is not None else None,
+    )
+    marker.write_text(result.model_dump_json(indent=2))
+    if store is not None:
+        store.put_file(marker, f"{run_prefix}/{COMPLETE_MARKER}")
+    return result
+
+
+def _restore_from_store(store, run_prefix: str, save_dir: Path) -> None:
+    """No usable local last.pt (e.g. a fresh worker): fetch last.pt and results.csv from S3."""
+    last = save_dir / "weights" / "last.pt"
+    if store is None or (last.exists() and checkpoint_is_complete(last)):
+        return
+    key = f"{run_prefix}/weights/last.pt"
+    if not store.exists(key):
+        return
+    log.info("Restoring %s from %s", last, store.uri(key))
+    store.get_file(key, last)
+    csv_key = f"{run_prefix}/results.csv"
+    if store.exists(csv_key) and not (save_dir / "results.csv").exists():
+        store.get_file(csv_key, save_dir / "results.csv")
+
+
+def resolve_device(device: str) -> str:
+    """'auto' → cuda (all visible GPUs stay Ultralytics' choice: '0') > mps > cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "0"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _child_main(spec_file: str) -> int:  # pragma: no cover - exercised through subprocess
+    from tasks.settings import configure_environment
+
+    configure_environment()
+    spec = json.loads(Path(spec_file).read_text())
+    import ultralytics.utils.torch_utils as torch_utils
+    from ultralytics import YOLO
+
+    # Ultralytics trains on cpu_count-1 threads (1 on a 2-core box); all cores are ~1.75x faster.
+    torch_utils.NUM_THREADS = os.cpu_count() or 1
+    args = dict(spec["train_args"])
+    args["device"] = resolve_device(str(args.get("device", "auto")))
+    model = YOLO(spec["model"])
+    if spec["resume"]:
+        # save_dir is one of the few arguments Ultralytics lets a resume change: the checkpoint
+        # may come from S3, written on another machine with another path.
+        model.train(resume=True, data=spec["data"], device=args["device"], workers=args.get("workers", 0),
+                    save_dir=str(Path(args["project"]) / args["name"]))
+    else:
+        model.train(data=spec["data"], **args)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_child_main(sys.argv[1]))
