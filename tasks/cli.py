@@ -29,6 +29,24 @@ def _setup() -> None:
 
 # --- training history and selection (tasks/selection.py) ---
 
+
+@app.command("history")
+def history(
+    results_csv: Annotated[Path, typer.Argument(help="An Ultralytics results.csv (args.yaml next to it is read too).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience (default: args.yaml).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Planned epochs (default: args.yaml).")] = None,
+) -> None:
+    """Summarize a training history: best/worst/mean/last per metric and why training stopped."""
+    from tasks.selection import summarize_history
+
+    try:
+        summary = summarize_history(results_csv, patience=patience, epochs=epochs)
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(summary.model_dump_json(indent=2) if as_json else summary.to_markdown())
+
 # --- model registry (tasks/registry.py) ---
 
 # --- services, deploy, run (tasks/services.py, tasks/prefect_stack.py) ---
