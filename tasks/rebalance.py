@@ -1,0 +1,571 @@
+"""Raise minority-class instances in val without splitting copies of one photograph across splits.
+
+A *group* is a connected component of images linked by exact/near duplicates (from the dataset
+validation) or by a shared source stem (Roboflow ``<name>_jpg.rf.<hash>`` exports, ``_dupN``
+copies). Groups always move as a unit:
+
+1. Leak repair: a group found in several splits goes wholly to the first of those splits in
+   ``leak_priority`` (default train > val > test).
+2. Selection: groups are moved from train (and test only when ``move_test``) into val, greedily,
+   until every per-class val target is met, preferring the groups that keep the other classes'
+   train/val shares closest to the input's; ties are broken by a seeded shuffle. A move is only
+   taken if it leaves every target still reachable and no class empty in its source split.
+
+The new version is a data.yaml plus image lists pointing into the original tree (Ultralytics
+derives label paths from image paths, so nothing is copied and nothing in the source is
+touched), a manifest, and a before/after class-balance table and plot. Same input and seed give
+byte-identical outputs; rebalancing an output changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import yaml
+from pydantic import BaseModel
+
+from tasks.hashing import sha256_bytes, sha256_file
+
+SPLITS = ("train", "val", "test")
+VERSION_ID_LENGTH = 16
+_DUP_SUFFIX = re.compile(r"_dup\d+$")
+_ROBOFLOW_MARK = ".rf."
+
+
+class RebalanceImpossible(ValueError):
+    """A val target can't be met; ``reachable`` maps each failing class to its maximum."""
+
+    def __init__(self, message: str, reachable: dict[str, int]):
+        super().__init__(message)
+        self.reachable = reachable
+
+
+class DatasetError(ValueError):
+    """Unusable dataset input; the message names the file (and line) and the fix."""
+
+
+# ---------------------------------------------------------------- result models
+
+
+class CountsTable(BaseModel):
+    """Instances per split per class, and images per split."""
+
+    instances: dict[str, dict[str, int]]
+    images: dict[str, int]
+
+
+class MovedGroup(BaseModel):
+    group_id: str
+    from_split: str
+    to_split: str
+    images: list[str]
+    instances: dict[str, int]
+
+
+class LeakMember(BaseModel):
+    split: str
+    image: str
+
+
+class RepairedLeak(BaseModel):
+    group_id: str
+    kept_split: str
+    members: list[LeakMember]
+
+
+class RebalanceResult(BaseModel):
+    data_yaml: Path
+    manifest_path: Path
+    balance_csv: Path
+    balance_png: Path
+    version_id: str
+    source_version_id: str
+    counts_before: CountsTable
+    counts_after: CountsTable
+    moved_groups: list[MovedGroup]
+    repaired_leaks: list[RepairedLeak]
+
+
+class RebalancePlan(BaseModel):
+    """The pure outcome of planning: which split every image ends in, and why."""
+
+    splits_after: dict[str, list[Path]]
+    counts_before: CountsTable
+    counts_after: CountsTable
+    moved_groups: list[MovedGroup]
+    repaired_leaks: list[RepairedLeak]
+
+
+# ---------------------------------------------------------------- dataset reading
+
+
+def load_class_names(data_yaml: Path) -> list[str]:
+    """Class names in id order from a data.yaml (list or {id: name} form)."""
+    try:
+        meta = yaml.safe_load(Path(data_yaml).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DatasetError(f"{data_yaml}: cannot read the dataset YAML ({exc}); pass a valid data.yaml") from exc
+    names = (meta or {}).get("names")
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    if not isinstance(names, list) or not names:
+        raise DatasetError(f"{data_yaml}: 'names' is missing or empty; list the class names in id order")
+    return [str(n) for n in names]
+
+
+def label_paths(images: Sequence[Path]) -> list[Path]:
+    """Label files exactly as Ultralytics derives them (last /images/ -> /labels/, .txt)."""
+    from tasks.settings import configure_environment
+
+    configure_environment()
+    from ultralytics.data.utils import img2label_paths
+
+    return [Path(p) for p in img2label_paths([str(i) for i in images])]
+
+
+def read_instance_counts(images: Iterable[Path], nc: int) -> dict[Path, tuple[int, ...]]:
+    """Instances per class of every image's label file; a missing label is a background image."""
+    images = sorted(set(images))
+    counts = {}
+    for image, label in zip(images, label_paths(images)):
+        per_class = [0] * nc
+        if label.is_file():
+            for line_no, line in enumerate(label.read_text().splitlines(), start=1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if not (fields[0].isdigit() and int(fields[0]) < nc):
+                    raise DatasetError(
+                        f"{label}:{line_no}: class id {fields[0]!r} is not an integer in 0..{nc - 1}; "
+                        f"fix the label line or the 'names' list of the data.yaml"
+                    )
+                per_class[int(fields[0])] += 1
+        counts[image] = tuple(per_class)
+    return counts
+
+
+def content_hash(splits: dict[str, list[Path]], names: Sequence[str], _cache: dict[Path, str] | None = None) -> str:
+    """Hash of what Ultralytics reads: per split the multiset of (image bytes, label bytes), names.
+
+    Independent of where the files live and of list order, so a dataset and an image-list
+    version with the same membership share one id.
+    """
+    cache = {} if _cache is None else _cache
+
+    def digest(path: Path) -> str:
+        if path not in cache:
+            cache[path] = sha256_file(path) if path.is_file() else sha256_bytes(b"")
+        return cache[path]
+
+    canonical = {"names": list(names), "splits": {}}
+    for split, images in sorted(splits.items()):
+        labels = label_paths(images)
+        canonical["splits"][split] = sorted([digest(i), digest(l)] for i, l in zip(images, labels))
+    payload = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(payload).hexdigest()[:VERSION_ID_LENGTH]
+
+
+def dataset_version_id(data_yaml: Path) -> str:
+    """Content hash of a dataset as Ultralytics would read it (image lists, labels, names)."""
+    from tasks.dataset_validation import resolve_split_images
+
+    return content_hash(resolve_split_images(Path(data_yaml)), load_class_names(Path(data_yaml)))
+
+
+# ---------------------------------------------------------------- grouping
+
+
+def source_stem(image: Path) -> str:
+    """The photograph an export/copy came from: drops ``_dupN`` and Roboflow's ``.rf.<hash>``."""
+    stem = _DUP_SUFFIX.sub("", image.stem)
+    return stem.split(_ROBOFLOW_MARK, 1)[0]
+
+
+def group_images(images: dict[str, list[Path]], duplicate_groups: Sequence[Sequence[Path]]) -> list[list[tuple[str, Path]]]:
+    """Connected components of (split, image) linked by duplicates, source stem or equal path.
+
+    Sorted, so the output is deterministic.
+    """
+    graph = nx.Graph()
+    for split, paths in images.items():
+        for path in paths:
+            node = (split, Path(path))
+            graph.add_node(node)
+            graph.add_edge(node, ("stem", source_stem(Path(path))))
+            graph.add_edge(node, ("path", Path(path)))  # one file listed in two splits
+    known = {p for paths in images.values() for p in map(Path, paths)}
+    for group in duplicate_groups:
+        members = [Path(p) for p in group if Path(p) in known]
+        for a, b in zip(members, members[1:]):
+            graph.add_edge(("path", a), ("path", b))
+    components = []
+    for component in nx.connected_components(graph):
+        members = sorted((n for n in component if n[0] in images), key=lambda n: (n[0], str(n[1])))
+        if members:
+            components.append(members)
+    return sorted(components, key=lambda m: str(m[0][1]))
+
+
+# ---------------------------------------------------------------- planning
+
+
+@dataclass
+class _Group:
+    group_id: str
+    images: list[Path]
+    counts: np.ndarray
+    split: str
+
+
+def _counts_table(groups: list[_Group], split_of: dict[str, str], names: Sequence[str], splits: Sequence[str]) -> CountsTable:
+    instances = {s: np.zeros(len(names), dtype=int) for s in splits}
+    n_images = dict.fromkeys(splits, 0)
+    for g in groups:
+        instances[split_of[g.group_id]] += g.counts
+        n_images[split_of[g.group_id]] += len(g.images)
+    return CountsTable(
+        instances={s: {n: int(v) for n, v in zip(names, instances[s])} for s in splits},
+        images=n_images,
+    )
+
+
+def _shares(counts: np.ndarray) -> np.ndarray:
+    total = counts.sum()
+    return counts / total if total else np.zeros_like(counts, dtype=float)
+
+
+class _State:
+    """Per-split instance totals during selection."""
+
+    def __init__(self, groups: list[_Group], splits: Sequence[str], nc: int):
+        self.totals = {s: np.zeros(nc, dtype=int) for s in splits}
+        for g in groups:
+            self.totals[g.split] += g.counts
+
+    def allows(self, group: _Group) -> bool:
+        """Moving it must not empty any class that its source split holds."""
+        source = self.totals[group.split]
+        return not np.any((source > 0) & (source - group.counts <= 0))
+
+    def move(self, group: _Group, to: str) -> None:
+        self.totals[group.split] -= group.counts
+        self.totals[to] += group.counts
+        group.split = to
+
+
+def _reachable(state: _State, movable: list[_Group], cls: int) -> int:
+    """Val instances of ``cls`` reachable by moving its groups, biggest first, within the rules."""
+    totals = {s: t.copy() for s, t in state.totals.items()}
+    reached = int(totals["val"][cls])
+    for g in sorted(movable, key=lambda g: (-g.counts[cls], g.group_id)):
+        if g.counts[cls] == 0 or g.split == "val":
+            continue
+        source = totals[g.split]
+        if np.any((source > 0) & (source - g.counts <= 0)):
+            continue
+        source -= g.counts
+        totals["val"] += g.counts
+        reached += int(g.counts[cls])
+    return reached
+
+
+def plan_rebalance(
+    images: dict[str, list[Path]],
+    instance_counts: dict[Path, tuple[int, ...]],
+    names: Sequence[str],
+    targets: dict[str, int],
+    duplicate_groups: Sequence[Sequence[Path]],
+    *,
+    seed: int = 0,
+    leak_priority: Sequence[str] = ("train", "val", "test"),
+    move_test: bool = False,
+) -> RebalancePlan:
+    """Repair cross-split leaks, then move whole groups into val until every target is met.
+
+    Raises RebalanceImpossible (before anything is decided) when a target is out of reach.
+    """
+    names = list(names)
+    unknown = sorted(set(targets) - set(names))
+    if unknown:
+        raise ValueError(f"unknown class(es) in targets: {unknown}; classes are {names}")
+    if "train" not in images or "val" not in images:
+        raise DatasetError("the dataset needs 'train' and 'val' splits to rebalance")
+    splits = [s for s in SPLITS if s in images] + sorted(set(images) - set(SPLITS))
+    missing_priority = [s for s in splits if s not in leak_priority]
+    if missing_priority:
+        raise ValueError(f"leak_priority {list(leak_priority)} must name every split; missing {missing_priority}")
+    rank = {s: i for i, s in enumerate(leak_priority)}
+
+    groups: list[_Group] = []
+    leaks: list[RepairedLeak] = []
+    split_before: dict[str, str] = {}
+    counts_before = {s: np.zeros(len(names), dtype=int) for s in splits}
+    images_before = dict.fromkeys(splits, 0)
+    for members in group_images(images, duplicate_groups):
+        for split, path in members:
+            counts_before[split] += instance_counts[path]
+            images_before[split] += 1
+        member_splits = sorted({s for s, _ in members}, key=rank.__getitem__)
+        kept = member_splits[0]
+        paths = sorted({p for _, p in members}, key=str)
+        group_id = paths[0].name
+        if len(member_splits) > 1:
+            leaks.append(RepairedLeak(
+                group_id=group_id,
+                kept_split=kept,
+                members=[LeakMember(split=s, image=str(p)) for s, p in members],
+            ))
+        counts = np.sum([instance_counts[p] for p in paths], axis=0).astype(int)
+        groups.append(_Group(group_id, paths, counts, kept))
+        split_before[group_id] = kept
+    before = CountsTable(
+        instances={s: {n: int(v) for n, v in zip(names, counts_before[s])} for s in splits},
+        images=images_before,
+    )
+
+    state = _State(groups, splits, len(names))
+    target_idx = {names.index(c): t for c, t in targets.items()}
+    sources = ("train", "test") if move_test and "test" in splits else ("train",)
+    movable = [g for g in groups if g.split in sources]
+
+    unreachable = {
+        names[c]: r for c, t in target_idx.items() if (r := _reachable(state, movable, c)) < t
+    }
+    if unreachable:
+        detail = "; ".join(
+            f"{c}: target {targets[c]}, val holds {int(state.totals['val'][names.index(c)])} after leak "
+            f"repair, at most {r} reachable" for c, r in unreachable.items()
+        )
+        hint = "" if move_test else " or allow moving test groups (move_test)"
+        raise RebalanceImpossible(
+            f"val target out of reach without splitting duplicate groups or emptying a class in "
+            f"{'/'.join(sources)} ({detail}); lower the target{hint}",
+            unreachable,
+        )
+
+    # Other classes' shares of the input, which the selection keeps as close as it can.
+    others = np.array([i not in target_idx for i in range(len(names))])
+    share_goal = {s: _shares(counts_before[s])[others] for s in ("train", "val")}
+
+    def distortion() -> float:
+        return float(sum(np.abs(_shares(state.totals[s])[others] - share_goal[s]).sum() for s in ("train", "val")))
+
+    order = list(range(len(movable)))
+    random.Random(seed).shuffle(order)
+    tiebreak = {g.group_id: order[i] for i, g in enumerate(movable)}
+    moved: list[MovedGroup] = []
+    while deficits := {c: t - int(state.totals["val"][c]) for c, t in target_idx.items() if state.totals["val"][c] < t}:
+        scored = []
+        for g in movable:
+            useful = sum(min(int(g.counts[c]), d) for c, d in deficits.items())
+            if g.split == "val" or useful == 0 or not state.allows(g):
+                continue
+            origin = g.split
+            state.move(g, "val")
+            scored.append((distortion(), -useful, tiebreak[g.group_id], g))
+            state.move(g, origin)
+        scored.sort(key=lambda s: s[:3])
+        for *_, g in scored:
+            origin = g.split
+            state.move(g, "val")
+            if all(_reachable(state, movable, c) >= t for c, t in target_idx.items()):
+                moved.append(MovedGroup(
+                    group_id=g.group_id,
+                    from_split=origin,
+                    to_split="val",
+                    images=[str(p) for p in g.images],
+                    instances={n: int(v) for n, v in zip(names, g.counts) if v},
+                ))
+                break
+            state.move(g, origin)
+        else:
+            reached = {names[c]: int(state.totals["val"][c]) for c in deficits}
+            raise RebalanceImpossible(
+                f"val targets {targets} can't all be met together without splitting duplicate groups or "
+                f"emptying a class in {'/'.join(sources)}; reached {reached}; lower a target",
+                reached,
+            )
+
+    split_after = {g.group_id: g.split for g in groups}
+    splits_after = {s: sorted((p for g in groups if g.split == s for p in g.images), key=str) for s in splits}
+    return RebalancePlan(
+        splits_after=splits_after,
+        counts_before=before,
+        counts_after=_counts_table(groups, split_after, names, splits),
+        moved_groups=moved,
+        repaired_leaks=leaks,
+    )
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def balance_frame(before: CountsTable, after: CountsTable):
+    """Long table: split, class, instances and share of the split before/after."""
+    import pandas as pd
+
+    rows = []
+    for split, per_class in before.instances.items():
+        total_before = sum(per_class.values())
+        total_after = sum(after.instances[split].values())
+        for cls, n_before in per_class.items():
+            n_after = after.instances[split][cls]
+            rows.append({
+                "split": split,
+                "class": cls,
+                "instances_before": n_before,
+                "instances_after": n_after,
+                "share_before_pct": round(100 * n_before / total_before, 2) if total_before else 0.0,
+                "share_after_pct": round(100 * n_after / total_after, 2) if total_after else 0.0,
+            })
+    return pd.DataFrame(rows)
+
+
+def _plot_balance(frame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(dict.fromkeys(frame["split"]))
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.5 * len(splits), 3.6), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        part = frame[frame["split"] == split]
+        x = np.arange(len(part))
+        ax.bar(x - 0.2, part["instances_before"], 0.4, label="before")
+        ax.bar(x + 0.2, part["instances_after"], 0.4, label="after")
+        ax.set_xticks(x, part["class"], rotation=30, ha="right")
+        ax.set_title(f"{split} instances")
+        ax.legend()
+    fig.tight_layout()
+    # No software/version stamp: the PNG bytes depend only on the numbers.
+    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _check_out_dir(out_dir: Path, data_yaml: Path, images: dict[str, list[Path]]) -> None:
+    split_dirs = {p.parent.parent for paths in images.values() for p in paths}
+    source_root = Path(os.path.commonpath([str(d) for d in split_dirs])) if split_dirs else data_yaml.parent
+    if (out_dir / "data.yaml") == data_yaml or out_dir == source_root or source_root in out_dir.parents:
+        raise DatasetError(
+            f"output dir {out_dir} is inside the source dataset {source_root} (or would replace "
+            f"{data_yaml}); choose a directory outside it: the source is never modified"
+        )
+
+
+def rebalance_validation(
+    data_yaml: Path,
+    out_dir: Path,
+    targets: dict[str, int],
+    *,
+    seed: int = 0,
+    duplicate_groups: list[list[Path]] | None = None,
+    phash_threshold: int = 4,
+    leak_priority: Sequence[str] = ("train", "val", "test"),
+    move_test: bool = False,
+) -> RebalanceResult:
+    """Write a leakage-free, rebalanced version of ``data_yaml`` to ``out_dir`` (see module doc).
+
+    ``duplicate_groups`` (lists of image paths) replaces the pHash/exact search when given.
+    Writes data.yaml, train/val/test.txt, balance.csv, balance.png and, last, manifest.json.
+    """
+    from tasks.dataset_validation import find_duplicate_groups, resolve_split_images
+
+    data_yaml = Path(data_yaml).resolve()
+    out_dir = Path(out_dir).resolve()
+    names = load_class_names(data_yaml)
+    images = {s: sorted((Path(p).resolve() for p in paths), key=str) for s, paths in resolve_split_images(data_yaml).items()}
+    _check_out_dir(out_dir, data_yaml, images)
+    duplicates_source = "computed" if duplicate_groups is None else "given"
+    if duplicate_groups is None:
+        duplicate_groups = [
+            [m.image for m in group.members] for group in find_duplicate_groups(images, phash_threshold=phash_threshold)
+        ]
+    duplicate_groups = [[Path(p).resolve() for p in group] for group in duplicate_groups]
+    counts = read_instance_counts((p for paths in images.values() for p in paths), len(names))
+    plan = plan_rebalance(
+        images, counts, names, targets, duplicate_groups,
+        seed=seed, leak_priority=leak_priority, move_test=move_test,
+    )
+
+    hashes: dict[Path, str] = {}
+    source_version = content_hash(images, names, hashes)
+    version_id = content_hash(plan.splits_after, names, hashes)
+    meta = yaml.safe_load(data_yaml.read_text())
+    # Lists are resolved next to this yaml (Ultralytics: no `path` key), so the yaml holds no
+    # absolute location and is byte-identical wherever it is written.
+    new_yaml = {s: f"{s}.txt" for s in plan.splits_after}
+    new_yaml.update(nc=len(names), names=meta["names"])
+    frame = balance_frame(plan.counts_before, plan.counts_after)
+    manifest = {
+        "version_id": version_id,
+        "source": {"data_yaml": str(data_yaml), "content_hash": source_version},
+        "seed": seed,
+        "settings": {
+            "targets": dict(sorted(targets.items())),
+            "phash_threshold": phash_threshold,
+            "duplicate_groups": duplicates_source,
+            "leak_priority": list(leak_priority),
+            "move_test": move_test,
+        },
+        "counts_before": plan.counts_before.model_dump(),
+        "counts_after": plan.counts_after.model_dump(),
+        "repaired_leaks": [leak.model_dump() for leak in plan.repaired_leaks],
+        "moved_groups": [group.model_dump() for group in plan.moved_groups],
+    }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, paths in plan.splits_after.items():
+        _write_atomic(out_dir / f"{split}.txt", "".join(f"{p}\n" for p in paths).encode())
+    _write_atomic(out_dir / "data.yaml", yaml.safe_dump(new_yaml, sort_keys=False).encode())
+    _write_atomic(out_dir / "balance.csv", frame.to_csv(index=False, lineterminator="\n").encode())
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        _plot_balance(frame, Path(tmp) / "balance.png")
+        os.replace(Path(tmp) / "balance.png", out_dir / "balance.png")
+    manifest_path = out_dir / "manifest.json"
+    _write_atomic(manifest_path, (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode())
+
+    return RebalanceResult(
+        data_yaml=out_dir / "data.yaml",
+        manifest_path=manifest_path,
+        balance_csv=out_dir / "balance.csv",
+        balance_png=out_dir / "balance.png",
+        version_id=version_id,
+        source_version_id=source_version,
+        counts_before=plan.counts_before,
+        counts_after=plan.counts_after,
+        moved_groups=plan.moved_groups,
+        repaired_leaks=plan.repaired_leaks,
+    )
+
+
+def parse_targets(specs: Iterable[str]) -> dict[str, int]:
+    """``["toe_drain=18"]`` -> ``{"toe_drain": 18}``, with a clear error for bad specs."""
+    targets = {}
+    for spec in specs:
+        cls, sep, value = spec.partition("=")
+        if not sep or not cls or not value.strip().isdigit():
+            raise ValueError(f"bad target {spec!r}: use CLASS=INSTANCES, e.g. toe_drain=18")
+        targets[cls.strip()] = int(value)
+    return targets

@@ -1,0 +1,243 @@
+"""Validation rebalancing: grouping, leak repair, selection, outputs, real dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from tasks.rebalance import (
+    DatasetError,
+    RebalanceImpossible,
+    group_images,
+    parse_targets,
+    plan_rebalance,
+    read_instance_counts,
+    source_stem,
+)
+
+NAMES = ["rock_toe", "slope_drain", "toe_drain", "vegetation"]
+TOE = NAMES.index("toe_drain")
+
+
+def img(split: str, name: str) -> Path:
+    return Path(f"/data/{split}/images/{name}.jpg")
+
+
+def counts(*per_class: int) -> tuple[int, ...]:
+    return tuple(per_class) + (0,) * (len(NAMES) - len(per_class))
+
+
+# ---------------------------------------------------------------- grouping
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("DJI_0010_W_JPG.rf.c40cee622f28d61f9e72cefd38df1e00_dup6.jpg", "DJI_0010_W_JPG"),
+        ("DJI_0010_W_JPG.rf.c40cee622f28d61f9e72cefd38df1e00.jpg", "DJI_0010_W_JPG"),
+        ("DJI_0010_W_JPG.rf.0000aaaa.jpg", "DJI_0010_W_JPG"),  # another Roboflow export, same photo
+        ("Lagoon1_B1_119_V_jpg.rf.873f9bcd9cdb384b50f8fa42cabfd074.jpg", "Lagoon1_B1_119_V_jpg"),
+        ("plain_photo_dup12.png", "plain_photo"),
+        ("plain_photo.png", "plain_photo"),
+        ("dup3.jpg", "dup3"),
+    ],
+)
+def test_source_stem(name, stem):
+    assert source_stem(Path(name)) == stem
+
+
+def test_groups_join_stems_duplicates_and_same_path_transitively():
+    images = {
+        "train": [img("train", "a.rf.1"), img("train", "b"), img("train", "lonely")],
+        "val": [img("val", "a.rf.2_dup3"), img("val", "c")],
+        "test": [img("train", "b")],  # the same file listed in two splits
+    }
+    # b ~ c (near duplicate) links c to b; a's exports link by stem.
+    groups = group_images(images, [[img("train", "b"), img("val", "c")]])
+    as_sets = sorted(sorted(f"{s}:{p.stem}" for s, p in g) for g in groups)
+    assert as_sets == [
+        ["test:b", "train:b", "val:c"],
+        ["train:a.rf.1", "val:a.rf.2_dup3"],
+        ["train:lonely"],
+    ]
+
+
+# ---------------------------------------------------------------- planning on explicit inputs
+
+
+def small_dataset():
+    """train: two toe photos (one with a dup copy leaked into val) + others; val: a few."""
+    images = {
+        "train": [img("train", n) for n in ("t1", "t1_dup1", "t2", "t3", "r1", "r2", "s1", "v1")],
+        "val": [img("val", n) for n in ("t1_dup2", "r3", "s2", "v2")],
+        "test": [img("test", n) for n in ("t8", "t9", "r9")],
+    }
+    per_image = {
+        "t1": counts(0, 0, 1), "t1_dup1": counts(0, 0, 1), "t1_dup2": counts(0, 0, 1),
+        "t2": counts(0, 0, 2), "t3": counts(1, 0, 1), "r1": counts(2), "r2": counts(1),
+        "r3": counts(1), "s1": counts(0, 3), "s2": counts(0, 1), "v1": counts(0, 0, 0, 2),
+        "v2": counts(0, 0, 0, 1), "t8": counts(0, 0, 1), "t9": counts(0, 0, 4), "r9": counts(1),
+    }
+    instance_counts = {p: per_image[p.stem] for paths in images.values() for p in paths}
+    return images, instance_counts
+
+
+def test_leak_is_repaired_to_train_by_default_and_reported():
+    images, instance_counts = small_dataset()
+    plan = plan_rebalance(images, instance_counts, NAMES, {}, [])
+    assert [leak.kept_split for leak in plan.repaired_leaks] == ["train"]
+    assert {m.image for m in plan.repaired_leaks[0].members} == {
+        str(img("train", "t1")), str(img("train", "t1_dup1")), str(img("val", "t1_dup2"))
+    }
+    assert img("val", "t1_dup2") in plan.splits_after["train"]
+    assert plan.counts_after.instances["val"]["toe_drain"] == 0
+    assert plan.moved_groups == []
+
+
+def test_leak_priority_can_keep_val():
+    images, instance_counts = small_dataset()
+    plan = plan_rebalance(images, instance_counts, NAMES, {}, [], leak_priority=("val", "train", "test"))
+    assert {img("train", "t1"), img("train", "t1_dup1"), img("val", "t1_dup2")} <= set(plan.splits_after["val"])
+
+
+def test_target_met_by_whole_groups_and_test_untouched():
+    images, instance_counts = small_dataset()
+    plan = plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 3}, [])
+    assert plan.counts_after.instances["val"]["toe_drain"] >= 3
+    assert sorted(plan.splits_after["test"]) == sorted(images["test"])
+    # t1's three copies travel together, whichever way.
+    sides = {s for s, paths in plan.splits_after.items() for p in paths if p.stem.startswith("t1")}
+    assert len(sides) == 1
+    # a toe_drain instance stays in train
+    assert plan.counts_after.instances["train"]["toe_drain"] >= 1
+
+
+def test_refusal_names_class_target_and_maximum():
+    images, instance_counts = small_dataset()
+    # train holds toe groups of 3 (t1 x3), 2 (t2), 1 (t3): one must stay -> max 5 of the 6 = 3+2
+    with pytest.raises(RebalanceImpossible, match=r"toe_drain: target 6, .* at most 5 reachable") as err:
+        plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 6}, [])
+    assert err.value.reachable == {"toe_drain": 5}
+    assert plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 5}, []).counts_after.instances["val"][
+        "toe_drain"
+    ] == 5
+    # moving test groups is allowed when asked: t9 holds 4 more, t8 keeps toe_drain in test
+    plan = plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 9}, [], move_test=True)
+    assert plan.counts_after.instances["val"]["toe_drain"] >= 9
+
+
+def test_selection_prefers_groups_that_keep_other_shares():
+    # Only toe_drain is targeted: a pure toe image beats one that drags 5 rock_toe into val.
+    images = {
+        "train": [img("train", "pure"), img("train", "mixed"), img("train", "keep"), img("train", "rock")],
+        "val": [img("val", "r"), img("val", "s")],
+    }
+    instance_counts = {
+        img("train", "pure"): counts(0, 0, 1), img("train", "mixed"): counts(5, 0, 1),
+        img("train", "keep"): counts(0, 0, 1), img("train", "rock"): counts(3, 2),
+        img("val", "r"): counts(1), img("val", "s"): counts(0, 1),
+    }
+    for seed in range(5):
+        plan = plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 1}, [], seed=seed)
+        assert [g.images for g in plan.moved_groups] in ([[str(img("train", "pure"))]], [[str(img("train", "keep"))]])
+
+
+def test_bad_target_and_label_errors_are_clear(tmp_path):
+    images, instance_counts = small_dataset()
+    with pytest.raises(ValueError, match=r"unknown class\(es\) in targets: \['toe'\]"):
+        plan_rebalance(images, instance_counts, NAMES, {"toe": 1}, [])
+    with pytest.raises(ValueError, match="use CLASS=INSTANCES"):
+        parse_targets(["toe_drain:18"])
+    assert parse_targets(["toe_drain=18", "rock_toe=2"]) == {"toe_drain": 18, "rock_toe": 2}
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    (tmp_path / "train" / "labels").mkdir(parents=True)
+    image = tmp_path / "train" / "images" / "x.jpg"
+    image.write_bytes(b"")
+    (tmp_path / "train" / "labels" / "x.txt").write_text("2 0.5 0.5 0.1 0.1\n\n7 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DatasetError, match=r"x\.txt:3: class id '7' is not an integer in 0\.\.3"):
+        read_instance_counts([image], 4)
+
+
+# ---------------------------------------------------------------- properties on generated datasets
+
+
+@st.composite
+def planted_datasets(draw):
+    """Groups of 1-3 copies of one photo, planted by `_dupN` names or as explicit duplicates;
+    copies occasionally leak into another split."""
+    images: dict[str, list[Path]] = {"train": [], "val": [], "test": []}
+    instance_counts: dict[Path, tuple[int, ...]] = {}
+    duplicates, planted = [], []
+    per_image = st.tuples(*[st.integers(0, 2)] * len(NAMES))
+    for g in range(draw(st.integers(1, 14))):
+        home = draw(st.sampled_from(["train"] * 4 + ["val"] * 2 + ["test"]))
+        by_name = draw(st.booleans())
+        members = []
+        for k in range(draw(st.integers(1, 3))):
+            split = draw(st.sampled_from([home] * 5 + ["train", "val", "test"]))
+            path = img(split, f"photo{g}_dup{k}" if by_name else f"img{g}x{k}")
+            images[split].append(path)
+            instance_counts[path] = draw(per_image)
+            members.append(path)
+        planted.append(members)
+        if not by_name:
+            duplicates.append(members)
+    targets = draw(st.dictionaries(st.sampled_from(NAMES), st.integers(0, 10), max_size=2))
+    return images, instance_counts, duplicates, planted, targets
+
+
+def _split_of(plan) -> dict[Path, str]:
+    return {p: s for s, paths in plan.splits_after.items() for p in paths}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(planted_datasets(), st.integers(0, 3))
+def test_plan_properties(data, seed):
+    images, instance_counts, duplicates, planted, targets = data
+    try:
+        plan = plan_rebalance(images, instance_counts, NAMES, targets, duplicates, seed=seed)
+    except RebalanceImpossible as refusal:
+        failing = refusal.reachable
+        assert failing and all(reached < targets[c] for c, reached in failing.items())
+        assert all(f"{c}" in str(refusal) for c in failing)
+        if len(targets) == 1:
+            # the reported maximum is honest: asking for exactly it succeeds
+            (cls, reached), = failing.items()
+            plan = plan_rebalance(images, instance_counts, NAMES, {cls: reached}, duplicates, seed=seed)
+            assert plan.counts_after.instances["val"][cls] >= reached
+        return
+
+    split_of = _split_of(plan)
+    assert sorted(split_of, key=str) == sorted(instance_counts, key=str)  # nothing lost or doubled
+    for members in planted:
+        assert len({split_of[p] for p in members}) == 1, "a planted group was split"
+    for cls, target in targets.items():
+        assert plan.counts_after.instances["val"][cls] >= target
+    for cls in NAMES:
+        if plan.counts_before.instances["train"][cls] and plan.moved_groups:
+            # selection never empties a class in train (leak repair only adds to train)
+            assert plan.counts_after.instances["train"][cls] >= 1
+    assert {p for g in plan.moved_groups for p in g.images} <= {str(p) for p in images["train"] + images["val"] + images["test"]}
+    assert all(g.from_split == "train" for g in plan.moved_groups)  # test left alone
+    assert plan == plan_rebalance(images, instance_counts, NAMES, targets, duplicates, seed=seed)
+
+    again = plan_rebalance(plan.splits_after, instance_counts, NAMES, targets, duplicates, seed=seed + 1)
+    assert again.moved_groups == [] and again.repaired_leaks == []
+    assert again.splits_after == plan.splits_after
+
+
+@settings(max_examples=40, deadline=None)
+@given(planted_datasets())
+def test_plan_never_splits_groups_whatever_the_priority(data):
+    images, instance_counts, duplicates, planted, _ = data
+    assume(images["train"] or images["val"])
+    plan = plan_rebalance(images, instance_counts, NAMES, {}, duplicates, leak_priority=("test", "val", "train"))
+    split_of = _split_of(plan)
+    for members in planted:
+        homes = {split_of[p] for p in members}
+        assert len(homes) == 1
+        original = {s for s, paths in images.items() for p in paths if p in members}
+        assert homes <= original and (("test" in original) <= (homes == {"test"}))
