@@ -25,6 +25,25 @@ def _setup() -> None:
 
 # --- dataset validation (tasks/dataset_validation.py) ---
 
+
+@app.command("validate")
+def validate(
+    data_yaml: Annotated[Path, typer.Argument(help="The dataset's data.yaml.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    imgsz: Annotated[int, typer.Option(help="Training image size the boxes are checked at.")] = 640,
+    phash_threshold: Annotated[int, typer.Option(help="Near-duplicate Hamming distance (-1: off).")] = 4,
+    out: Annotated[Optional[Path], typer.Option(help="Also write report.json, files.csv, summary.md, "
+                                                     "class_counts.png here.")] = None,
+) -> None:
+    """Validate a YOLO dataset (read-only); exit 1 when it has errors."""
+    from tasks.dataset_validation import validate_dataset
+
+    report = validate_dataset(data_yaml, imgsz=imgsz, phash_threshold=phash_threshold)
+    if out is not None:
+        report.write(out)
+    typer.echo(report.model_dump_json(indent=2) if as_json else report.summary_markdown())
+    raise typer.Exit(1 if report.errors() else 0)
+
 # --- rebalancing (tasks/rebalance.py) ---
 
 # --- training history and selection (tasks/selection.py) ---
