@@ -13,6 +13,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,15 +212,15 @@ def fine_tune(
     save_dir = Path(save_dir)
     weights_dir = save_dir / "weights"
     results_csv = save_dir / "results.csv"
-    marker = save_dir / COMPLETE_MARKER
     epochs = int(train_args["epochs"])
-    if marker.exists():
+    if (marker := save_dir / COMPLETE_MARKER).exists():
         return FineTuneResult.model_validate_json(marker.read_text())
 
     started = time.monotonic()
     last = weights_dir / "last.pt"
     _restore_from_store(store, run_prefix, save_dir)
     resume_epoch: int | None = None
+    finished = False
     if last.exists():
         if not checkpoint_is_complete(last):
             raise ResumeError(f"{last} is torn (killed mid-write) and no intact copy is in S3; "
@@ -234,6 +235,13 @@ def fine_tune(
                 )
             resume_epoch = state["epoch"] + 1  # epochs completed
             _truncate_results(results_csv, resume_epoch)
+        else:
+            finished = True  # Ultralytics strips last.pt (epoch -1) only after the final epoch
+    elif save_dir.exists():
+        shutil.rmtree(save_dir)  # leftovers of an attempt that never saved an epoch
+    if finished:
+        log.info("%s already finished training; summarizing it", save_dir)
+        return _summarize(save_dir, store, run_prefix, train_args, tracker, started, 0, None, None, {})
     rows_before = len(read_results(results_csv)) if resume_epoch else 0
 
     spec = {
@@ -289,10 +297,18 @@ def fine_tune(
     if proc.returncode != 0:
         tail = log_file.read_text(errors="replace").splitlines()[-25:]
         raise TrainingFailed(f"Ultralytics exited with {proc.returncode}; log {log_file}:\n" + "\n".join(tail))
+    return _summarize(save_dir, store, run_prefix, train_args, tracker, started, rows_before, resume_epoch,
+                      peak, dict(uploader.uploaded))
 
+
+def _summarize(save_dir: Path, store, run_prefix: str, train_args: dict[str, Any], tracker, started: float,
+               rows_before: int, resume_epoch: int | None, peak: float | None,
+               checkpoints: dict[str, str]) -> FineTuneResult:
+    """Final uploads, checksums and the run summary; writes the COMPLETE marker last."""
+    weights_dir, results_csv = save_dir / "weights", save_dir / "results.csv"
+    epochs = int(train_args["epochs"])
     rows = read_results(results_csv)
     best, last = weights_dir / "best.pt", weights_dir / "last.pt"
-    checkpoints = dict(uploader.uploaded)
     if store is not None:
         for path in [best, last, *sorted(weights_dir.glob("epoch*.pt")), results_csv, save_dir / "args.yaml"]:
             if path.exists():
@@ -319,13 +335,14 @@ def fine_tune(
         epochs_completed=len(rows),
         epochs_trained_this_attempt=trained_now,
         resumed_from_epoch=resume_epoch,
-        best_epoch=history.best_epoch.get("mAP50-95") if hasattr(history, "best_epoch") else None,
+        best_epoch=history.best_epoch,
         stop_reason=history.stop_reason,
         wall_time_s=round(wall, 1),
         s_per_epoch=round(wall / trained_now, 2) if trained_now else None,
         peak_rss_mb=round(peak, 1) if peak else None,
         wandb_run_path=tracker.run_path if tracker is not None else None,
     )
+    marker = save_dir / COMPLETE_MARKER
     marker.write_text(result.model_dump_json(indent=2))
     if store is not None:
         store.put_file(marker, f"{run_prefix}/{COMPLETE_MARKER}")
