@@ -46,6 +46,33 @@ def validate(
 
 # --- rebalancing (tasks/rebalance.py) ---
 
+
+@app.command("rebalance")
+def rebalance(
+    data_yaml: Annotated[Path, typer.Argument(help="The source dataset's data.yaml (never modified).")],
+    target: Annotated[list[str], typer.Option(help="Val instances wanted, CLASS=N (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Output dir: data.yaml, image lists, manifest, balance table/plot.")],
+    seed: Annotated[int, typer.Option(help="Tie-break seed of the selection.")] = 0,
+    phash_threshold: Annotated[int, typer.Option(help="Near-duplicate Hamming distance (-1: exact only).")] = 4,
+    leak_priority: Annotated[str, typer.Option(help="Split that keeps a leaked group, first wins.")] = "train,val,test",
+    move_test: Annotated[bool, typer.Option(help="Also take groups from test to reach the targets.")] = False,
+) -> None:
+    """Repair cross-split duplicate leaks, then raise val class instances to targets (whole groups only)."""
+    from tasks.dataset_validation import DatasetConfigError
+    from tasks.rebalance import DatasetError, RebalanceImpossible, parse_targets, rebalance_validation
+
+    try:
+        result = rebalance_validation(
+            data_yaml, out, parse_targets(target), seed=seed, phash_threshold=phash_threshold,
+            leak_priority=[s.strip() for s in leak_priority.split(",")], move_test=move_test,
+        )
+    except (RebalanceImpossible, DatasetError, DatasetConfigError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"version {result.version_id} (source {result.source_version_id}): {result.data_yaml}")
+    typer.echo(f"repaired leaks: {len(result.repaired_leaks)}, moved groups: {len(result.moved_groups)}")
+    typer.echo(result.balance_csv.read_text())
+
 # --- training history and selection (tasks/selection.py) ---
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel
 
+from tasks.dataset_validation import find_duplicate_groups, label_path_for, resolve_split_images
 from tasks.hashing import sha256_bytes, sha256_file
 
 SPLITS = ("train", "val", "test")
@@ -123,21 +124,12 @@ def load_class_names(data_yaml: Path) -> list[str]:
     return [str(n) for n in names]
 
 
-def label_paths(images: Sequence[Path]) -> list[Path]:
-    """Label files exactly as Ultralytics derives them (last /images/ -> /labels/, .txt)."""
-    from tasks.settings import configure_environment
-
-    configure_environment()
-    from ultralytics.data.utils import img2label_paths
-
-    return [Path(p) for p in img2label_paths([str(i) for i in images])]
-
-
 def read_instance_counts(images: Iterable[Path], nc: int) -> dict[Path, tuple[int, ...]]:
     """Instances per class of every image's label file; a missing label is a background image."""
     images = sorted(set(images))
     counts = {}
-    for image, label in zip(images, label_paths(images)):
+    for image in images:
+        label = label_path_for(image)
         per_class = [0] * nc
         if label.is_file():
             for line_no, line in enumerate(label.read_text().splitlines(), start=1):
@@ -169,16 +161,13 @@ def content_hash(splits: dict[str, list[Path]], names: Sequence[str], _cache: di
 
     canonical = {"names": list(names), "splits": {}}
     for split, images in sorted(splits.items()):
-        labels = label_paths(images)
-        canonical["splits"][split] = sorted([digest(i), digest(l)] for i, l in zip(images, labels))
+        canonical["splits"][split] = sorted([digest(i), digest(label_path_for(i))] for i in images)
     payload = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(payload).hexdigest()[:VERSION_ID_LENGTH]
 
 
 def dataset_version_id(data_yaml: Path) -> str:
     """Content hash of a dataset as Ultralytics would read it (image lists, labels, names)."""
-    from tasks.dataset_validation import resolve_split_images
-
     return content_hash(resolve_split_images(Path(data_yaml)), load_class_names(Path(data_yaml)))
 
 
@@ -490,8 +479,6 @@ def rebalance_validation(
     ``duplicate_groups`` (lists of image paths) replaces the pHash/exact search when given.
     Writes data.yaml, train/val/test.txt, balance.csv, balance.png and, last, manifest.json.
     """
-    from tasks.dataset_validation import find_duplicate_groups, resolve_split_images
-
     data_yaml = Path(data_yaml).resolve()
     out_dir = Path(out_dir).resolve()
     names = load_class_names(data_yaml)
