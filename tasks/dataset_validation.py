@@ -514,6 +514,16 @@ class _ImageResult:
     findings: list[Finding] = field(default_factory=list)
 
 
+def _pil_open():
+    """PIL's own Image.open: Ultralytics replaces it with a wrapper that tries to install pi-heif
+    whenever a file is not an image (an auto-install attempt for every non-image we report)."""
+    if Image.open.__module__ == Image.__name__:
+        return Image.open
+    from ultralytics.utils import patches
+
+    return patches._image_open
+
+
 def _inspect_image(path: Path, root: Path | None) -> _ImageResult:
     """Read once: sha256 of the bytes, full decode, perceptual hash of the decoded pixels."""
     import imagehash
@@ -539,7 +549,7 @@ def _inspect_image(path: Path, root: Path | None) -> _ImageResult:
         return result
     result.sha256 = hashlib.sha256(data).hexdigest()
     try:
-        im = Image.open(io.BytesIO(data))
+        im = _pil_open()(io.BytesIO(data))
     except UnidentifiedImageError:
         add(_finding("IMG_NOT_IMAGE", path, "not an image (unrecognised content)"))
         return result
