@@ -1,0 +1,229 @@
+"""The local Prefect stack: a real `prefect server start` (SQLite), a process work pool, the
+deployments from prefect.yaml, and a worker; plus `up`/`down` for the whole local stack.
+
+Every process gets PREFECT_HOME under the state dir and its own session/process group, so
+`down` stops exactly what `up` started, and nothing lands in the user's home.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tasks.services import SeaweedFS
+from tasks.settings import PROJECT_ROOT, configure_environment, state_dir
+
+DEFAULT_PORT = 4200
+DEFAULT_POOL = "phase2-process"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _prefect_bin() -> str:
+    return str(Path(sys.executable).with_name("prefect"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not reaped) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _stop_group(pid: int, grace: float = 10.0) -> None:
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+
+
+class _Managed:
+    """A background process recorded in <state>/prefect/<name>.json (pid, port, command)."""
+
+    name = "process"
+
+    def __init__(self, state: Path | None = None):
+        self.state = (state or state_dir()).resolve()
+        self.root = self.state / "prefect"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.record_file = self.root / f"{self.name}.json"
+        self.log_file = self.root / f"{self.name}.log"
+
+    def record(self) -> dict | None:
+        try:
+            rec = json.loads(self.record_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if _alive(rec["pid"]) else None
+
+    def is_running(self) -> bool:
+        return self.record() is not None
+
+    def _spawn(self, command: list[str], env: dict[str, str], **extra) -> int:
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self.record_file.write_text(json.dumps({"pid": proc.pid, "command": command, **extra}))
+        return proc.pid
+
+    def stop(self) -> None:
+        rec = self.record()
+        if rec:
+            _stop_group(rec["pid"])
+        self.record_file.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _lock(self):
+        with open(self.root / f".{self.name}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
+
+class PrefectServer(_Managed):
+    name = "server"
+
+    def __init__(self, state: Path | None = None, *, port: int | None = None, ui: bool = True):
+        super().__init__(state)
+        self.requested_port = port or int(os.environ.get("PHASE2_PREFECT_PORT", DEFAULT_PORT))
+        self.ui = ui
+
+    @property
+    def port(self) -> int:
+        rec = self.record()
+        return rec["port"] if rec else self.requested_port
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def env(self) -> dict[str, str]:
+        return {"PREFECT_API_URL": self.api_url}
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 90.0) -> "PrefectServer":
+        with self._lock():
+            if not self.is_running():
+                env = {**os.environ, **configure_environment(self.state)}
+                env.pop("PREFECT_API_URL", None)
+                command = [_prefect_bin(), "server", "start", "--host", "127.0.0.1",
+                           "--port", str(self.requested_port)]
+                if not self.ui:
+                    command.append("--no-ui")
+                self._spawn(command, env, port=self.requested_port)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return self
+            if not self.is_running():
+                raise RuntimeError(f"prefect server exited; see {self.log_file}")
+            time.sleep(0.5)
+        raise TimeoutError(f"prefect server not healthy at {self.api_url} after {timeout:.0f} s; see {self.log_file}")
+
+
+class PrefectWorker(_Managed):
+    name = "worker"
+
+    def __init__(self, state: Path | None = None, *, pool: str = DEFAULT_POOL):
+        super().__init__(state)
+        self.pool = pool
+
+    def start(self, env: dict[str, str]) -> "PrefectWorker":
+        with self._lock():
+            if not self.is_running():
+                self._spawn([_prefect_bin(), "worker", "start", "--pool", self.pool,
+                             "--install-policy", "never"], env, pool=self.pool)
+        return self
+
+
+def run_prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a `prefect` CLI command; raise with its output on failure."""
+    proc = subprocess.run([_prefect_bin(), *args], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return proc
+
+
+class LocalStack:
+    """SeaweedFS + Prefect server + process pool + deployments + worker, under one state dir."""
+
+    def __init__(self, state: Path | None = None, *, prefect_port: int | None = None, ui: bool = True,
+                 pool: str = DEFAULT_POOL, seaweedfs: SeaweedFS | None = None):
+        self.state = (state or state_dir()).resolve()
+        self.s3 = seaweedfs or SeaweedFS(self.state)
+        self.server = PrefectServer(self.state, port=prefect_port, ui=ui)
+        self.worker = PrefectWorker(self.state, pool=pool)
+        self.pool = pool
+
+    def env(self) -> dict[str, str]:
+        """Environment for anything that talks to this stack (CLI, worker, flow runs)."""
+        return {
+            **os.environ,
+            **configure_environment(self.state),
+            **self.s3.env(),
+            **self.server.env(),
+            "PHASE2_WORK_POOL": self.pool,
+            "PHASE2_PROJECT_DIR": str(PROJECT_ROOT),
+        }
+
+    def up(self, *, deploy: bool = True) -> dict[str, str]:
+        self.s3.start()
+        self.server.start()
+        env = self.env()
+        if deploy:
+            self.deploy(env)
+        self.worker.start(env)
+        return env
+
+    def deploy(self, env: dict[str, str] | None = None) -> None:
+        """Pool and deployments, idempotently (create --overwrite; deploy updates in place)."""
+        env = env or self.env()
+        run_prefect(["work-pool", "create", self.pool, "--type", "process", "--overwrite"], env)
+        run_prefect(["deploy", "--all"], env, timeout=600)
+
+    def down(self) -> None:
+        self.worker.stop()
+        self.server.stop()
+        self.s3.stop()
+
+    def status(self) -> dict[str, object]:
+        return {
+            "state_dir": str(self.state),
+            "s3": {"running": self.s3.is_running(), "endpoint": self.s3.endpoint, "bucket": self.s3.bucket},
+            "prefect_server": {"running": self.server.is_running(), "api": self.server.api_url,
+                               "ui": self.server.api_url.removesuffix("/api")},
+            "worker": {"running": self.worker.is_running(), "pool": self.pool},
+        }
