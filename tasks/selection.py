@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -415,3 +414,360 @@ def evaluate_checkpoint(
         confusion_matrix_png=existing("confusion_matrix.png"),
         confusion_matrix_normalized_png=existing("confusion_matrix_normalized.png"),
     )
+
+
+# --------------------------------------------------------------------------- selection
+
+RATE_KEYS = ("precision", "recall", "AP50", "AP50-95")
+PROTOCOL_ARGS = ("conf", "iou", "imgsz", "batch", "split", "data")
+
+
+class SelectionPolicy(BaseModel):
+    """How the winner is chosen among re-evaluated checkpoints (all on the val split).
+
+    - ``fitness``: Ultralytics' own fitness (see :func:`ultralytics_fitness_formula`).
+    - ``mAP50``: overall mAP50.
+    - ``class_aware``: best mAP50-95 among candidates meeting every per-class floor, e.g.
+      ``{"toe_drain": {"AP50": 0.60}}``; if none does, best mAP50-95 overall (and it says so).
+
+    Ties go to the next key (mAP50-95, then mAP50), then to the order best, last, epochN.
+    """
+
+    kind: Literal["fitness", "mAP50", "class_aware"] = "fitness"
+    class_floors: dict[str, dict[Literal["precision", "recall", "AP50", "AP50-95"], float]] = {}
+
+    @model_validator(mode="after")
+    def _floors_match_kind(self) -> "SelectionPolicy":
+        if self.kind == "class_aware" and not self.class_floors:
+            raise ValueError('class_aware needs class_floors, e.g. {"toe_drain": {"AP50": 0.60}}')
+        if self.kind != "class_aware" and self.class_floors:
+            raise ValueError(f"class_floors only apply to kind 'class_aware', not {self.kind!r}")
+        return self
+
+    def sort_keys(self) -> list[str]:
+        return {
+            "fitness": ["fitness", "mAP50-95", "mAP50"],
+            "mAP50": ["mAP50", "mAP50-95"],
+            "class_aware": ["mAP50-95", "mAP50"],
+        }[self.kind]
+
+    def describe(self) -> str:
+        if self.kind == "fitness":
+            return f"Ultralytics fitness = {ultralytics_fitness_formula()}"
+        if self.kind == "mAP50":
+            return "overall mAP50"
+        floors = ", ".join(f"{c} {m} >= {v:g}" for c, f in self.class_floors.items() for m, v in f.items())
+        return f"best mAP50-95 subject to {floors}"
+
+
+class TrainingRecord(BaseModel):
+    """What training itself said about a checkpoint."""
+
+    epoch: int | None = Field(description="1-based epoch (results.csv row); None if unknown")
+    metrics: dict[str, float] = Field(description="train_metrics stored in the checkpoint")
+    results_row: dict[str, float] | None = Field(None, description="results.csv row of that epoch")
+    args: dict[str, Any] = Field(description="protocol-relevant training args (args.yaml)")
+    weights_dtype: str
+    stripped: bool = Field(description="final best/last.pt: optimizer dropped, EMA stored as model")
+
+
+class Candidate(BaseModel):
+    name: str
+    path: Path
+    sha256: str
+    duplicates: list[str] = Field(default_factory=list, description="identical files, not re-evaluated")
+    training: TrainingRecord
+    val: EvalResult
+
+
+class SelectionResult(BaseModel):
+    winner: Path
+    winner_name: str
+    winner_sha256: str
+    policy: SelectionPolicy
+    policy_description: str
+    fell_back: bool = Field(description="class_aware: no candidate met the floors")
+    candidates: list[Candidate]
+    candidates_csv: Path
+    val: EvalResult
+    test: EvalResult | None
+    explanation: list[str]
+    summary_md: Path
+
+
+def find_candidates(run_dir: Path) -> list[tuple[Path, str, list[str]]]:
+    """(path, sha256, duplicate names) of best.pt, last.pt and epochN.pt, identical files merged.
+
+    Order: best, last, then epochs ascending; a duplicate is listed under the first of them.
+    """
+    weights_dir = Path(run_dir) / "weights"
+    epoch_files = sorted(
+        (p for p in weights_dir.glob("epoch*.pt") if re.fullmatch(r"epoch\d+\.pt", p.name)),
+        key=lambda p: int(p.stem[5:]),
+    )
+    files = [p for p in (weights_dir / "best.pt", weights_dir / "last.pt") if p.is_file()] + epoch_files
+    if not files:
+        raise FileNotFoundError(
+            f"{weights_dir}: no best.pt, last.pt or epochN.pt; pass the Ultralytics run directory "
+            "(the one holding weights/ and results.csv)"
+        )
+    unique: dict[str, tuple[Path, list[str]]] = {}
+    for path in files:
+        digest = sha256_file(path)
+        if digest in unique:
+            unique[digest][1].append(path.name)
+        else:
+            unique[digest] = (path, [])
+    return [(path, digest, dupes) for digest, (path, dupes) in unique.items()]
+
+
+def _training_record(weights: Path, run_dir: Path) -> TrainingRecord:
+    import torch
+
+    # A pickle: only checkpoints of the run being selected are loaded here.
+    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    model = ckpt.get("ema") or ckpt.get("model")
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "") if model is not None else "unknown"
+    train_metrics = {k: float(v) for k, v in (ckpt.get("train_metrics") or {}).items()}
+    metrics = {name: train_metrics[col] for name, col in METRIC_COLUMNS.items() if col in train_metrics}
+    if "fitness" in train_metrics:
+        metrics["fitness"] = train_metrics["fitness"]
+
+    args_yaml = run_dir / "args.yaml"
+    args = yaml.safe_load(args_yaml.read_text()) if args_yaml.is_file() else (ckpt.get("train_args") or {})
+    results_csv = run_dir / "results.csv"
+    history = read_results_csv(results_csv) if results_csv.is_file() else pd.DataFrame(ckpt.get("train_results") or {})
+
+    stripped = ckpt.get("epoch", -1) < 0
+    epoch = None if stripped else int(ckpt["epoch"]) + 1  # the trainer counts from 0, results.csv from 1
+    if stripped and not history.empty:
+        # Final best/last.pt lost their epoch: find the (last) row holding their metrics.
+        matches = pd.Series(True, index=history.index)
+        for name, column in METRIC_COLUMNS.items():
+            if name in metrics and column in history:
+                matches &= (history[column] - metrics[name]).abs() <= 1e-5  # results.csv keeps 5 decimals
+        if matches.any():
+            epoch = int(history.loc[matches[::-1].idxmax(), "epoch"])
+    row = None
+    if epoch is not None and not history.empty and (history["epoch"] == epoch).any():
+        row = {k: float(v) for k, v in history[history["epoch"] == epoch].iloc[0].items()}
+    return TrainingRecord(
+        epoch=epoch,
+        metrics=metrics,
+        results_row=row,
+        args={k: args.get(k) for k in PROTOCOL_ARGS},
+        weights_dtype=dtype,
+        stripped=stripped,
+    )
+
+
+def candidates_table(candidates: list[Candidate]) -> pd.DataFrame:
+    """One row per candidate: re-evaluated val numbers (overall and per class) and training-time ones."""
+    rows = []
+    for order, c in enumerate(candidates):
+        row: dict[str, Any] = {
+            "candidate": c.name,
+            "order": order,
+            "epoch": c.training.epoch,
+            "sha256": c.sha256,
+            "duplicates": " ".join(c.duplicates),
+            **c.val.metrics["overall"],
+        }
+        for class_name, values in c.val.metrics["per_class"].items():
+            for key in RATE_KEYS:
+                row[f"{class_name}/{key}"] = values[key]
+        for name, value in c.training.metrics.items():
+            row[f"train/{name}"] = value
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rank_candidates(table: pd.DataFrame, policy: SelectionPolicy) -> tuple[pd.DataFrame, bool]:
+    """Sort candidates best-first by the policy; returns (table with ``meets_floors``, fell_back).
+
+    ``table`` needs ``order`` and the policy's metric columns (per-class ones as ``class/AP50``).
+    A class absent from the split (no value) does not meet its floor.
+    """
+    table = table.copy()
+    meets = pd.Series(True, index=table.index)
+    for class_name, floors in policy.class_floors.items():
+        for key, floor in floors.items():
+            column = f"{class_name}/{key}"
+            if column not in table:
+                raise ValueError(f"policy floor on {column!r}, but the evaluation has no such class")
+            meets &= pd.to_numeric(table[column], errors="coerce").fillna(-1.0) >= floor
+    table["meets_floors"] = meets
+    fell_back = policy.kind == "class_aware" and not meets.any()
+    keys = policy.sort_keys()
+    if policy.kind == "class_aware" and not fell_back:
+        keys = ["meets_floors", *keys]
+    table = table.sort_values([*keys, "order"], ascending=[*([False] * len(keys)), True], kind="stable")
+    return table.reset_index(drop=True), fell_back
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "---|" * len(table.columns)
+    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def explain_gap(candidate: Candidate, protocol: EvalProtocol, data_yaml: Path) -> list[str]:
+    """Why the re-evaluated numbers of ``candidate`` may differ from what training reported."""
+    training, reeval = candidate.training, candidate.val.metrics["overall"]
+    where = f"epoch {training.epoch}" if training.epoch else "an unknown epoch"
+    lines = []
+    compared = [k for k in ("mAP50", "mAP50-95", "precision", "recall") if k in training.metrics]
+    if compared:
+        gaps = ", ".join(
+            f"{k} {training.metrics[k]:.4f} -> {reeval[k]:.4f} ({reeval[k] - training.metrics[k]:+.4f})"
+            for k in compared
+        )
+        lines.append(f"{candidate.name} ({where}): training-time vs re-evaluated on {protocol.split}: {gaps}.")
+    args = training.args
+    # Ultralytics validates at conf 0.001 when none was given to train.
+    train_conf = args.get("conf") if args.get("conf") is not None else 0.001
+    if not math.isclose(train_conf, protocol.conf):
+        lines.append(
+            f"Training-time validation ran at conf={train_conf:g} (args.yaml); the protocol uses "
+            f"conf={protocol.conf:g}. A higher conf drops low-confidence detections and truncates the "
+            "PR curve, usually lowering mAP; best.pt was also chosen by the numbers at that conf."
+        )
+    if args.get("iou") is not None and not math.isclose(args["iou"], protocol.iou):
+        lines.append(f"NMS IoU differs: training {args['iou']:g}, protocol {protocol.iou:g}.")
+    if args.get("imgsz") is not None and int(args["imgsz"]) != protocol.imgsz:
+        lines.append(f"Image size differs: training {args['imgsz']}, protocol {protocol.imgsz}.")
+    train_split = args.get("split") or "val"
+    if train_split != protocol.split:
+        lines.append(f"Different split: training validated on '{train_split}', re-evaluated on '{protocol.split}'.")
+    if args.get("data") and Path(str(args["data"])).resolve() != Path(data_yaml).resolve():
+        lines.append(
+            f"Different dataset file: training used {args['data']}, re-evaluation {data_yaml} "
+            "(e.g. a rebalanced split): the images measured are not the same."
+        )
+    if args.get("batch") and int(args["batch"]) * 2 != protocol.batch:
+        lines.append(
+            f"Batch differs: training validated with batch {int(args['batch']) * 2} (2x train batch), "
+            f"protocol {protocol.batch}; rectangular batches pad per batch, a small effect."
+        )
+    if training.weights_dtype != "float32":
+        lines.append(
+            f"{candidate.name} stores the EMA weights in {training.weights_dtype} (Ultralytics halves them "
+            "when saving; training validated the live fp32 EMA): rounding gives small differences."
+        )
+    if training.stripped:
+        lines.append(f"{candidate.name} is a final checkpoint: optimizer stripped, its epoch found from results.csv.")
+    if compared and all(abs(reeval[k] - training.metrics[k]) <= 1e-3 for k in compared):
+        lines.append("The re-evaluation reproduces the training-time numbers within 0.001.")
+    return lines
+
+
+def select_checkpoint(
+    run_dir: Path,
+    data_yaml: Path,
+    policy: SelectionPolicy,
+    *,
+    imgsz: int,
+    out_dir: Path,
+    device: str | None = None,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    batch: int = 16,
+) -> SelectionResult:
+    """Re-evaluate every checkpoint of ``run_dir`` on val and pick one by ``policy``.
+
+    Writes into ``out_dir``: ``val/<candidate>/`` and ``test/<winner>/`` evaluations,
+    ``candidates.csv`` and ``selection.md``. The winner is also evaluated on test when the
+    dataset has a test split.
+    """
+    run_dir, data_yaml, out_dir = Path(run_dir), Path(data_yaml).resolve(), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    protocol = EvalProtocol(split="val", imgsz=imgsz, conf=conf, iou=iou, batch=batch)
+    evaluate = dict(imgsz=imgsz, conf=conf, iou=iou, batch=batch, device=device)
+
+    candidates = []
+    for path, digest, dupes in find_candidates(run_dir):
+        val = evaluate_checkpoint(path, data_yaml, split="val", out_dir=out_dir / "val" / path.stem, **evaluate)
+        candidates.append(
+            Candidate(
+                name=path.name,
+                path=path.resolve(),
+                sha256=digest,
+                duplicates=dupes,
+                training=_training_record(path, run_dir),
+                val=val,
+            )
+        )
+    table = candidates_table(candidates)
+    ranked, fell_back = rank_candidates(table, policy)
+    winner = next(c for c in candidates if c.name == ranked.loc[0, "candidate"])
+    table["selected"] = table["candidate"] == winner.name
+    table["meets_floors"] = table["candidate"].map(dict(zip(ranked["candidate"], ranked["meets_floors"])))
+    candidates_csv = out_dir / "candidates.csv"
+    table.drop(columns="order").to_csv(candidates_csv, index=False)
+
+    test = None
+    data = yaml.safe_load(data_yaml.read_text()) or {}
+    if data.get("test"):
+        test = evaluate_checkpoint(winner.path, data_yaml, split="test", out_dir=out_dir / "test" / winner.path.stem, **evaluate)
+
+    explanation = []
+    if fell_back:
+        explanation.append(
+            f"No candidate met the floors ({policy.describe()}); fell back to the best mAP50-95."
+        )
+    explanation += explain_gap(winner, protocol, data_yaml)
+    result = SelectionResult(
+        winner=winner.path,
+        winner_name=winner.name,
+        winner_sha256=winner.sha256,
+        policy=policy,
+        policy_description=policy.describe(),
+        fell_back=fell_back,
+        candidates=candidates,
+        candidates_csv=candidates_csv,
+        val=winner.val,
+        test=test,
+        explanation=explanation,
+        summary_md=out_dir / "selection.md",
+    )
+    result.summary_md.write_text(selection_markdown(result, ranked))
+    return result
+
+
+def selection_markdown(result: SelectionResult, ranked: pd.DataFrame) -> str:
+    protocol = result.val.protocol
+    shown = ["candidate", "epoch", "precision", "recall", "mAP50", "mAP50-95", "fitness", "meets_floors"]
+    lines = [
+        f"## Checkpoint selection: `{result.winner_name}`",
+        "",
+        f"- policy: {result.policy.kind} ({result.policy_description})",
+        f"- winner: `{result.winner}` sha256 `{result.winner_sha256}`",
+        f"- protocol: conf {protocol.conf:g}, iou {protocol.iou:g}, imgsz {protocol.imgsz}, batch {protocol.batch}",
+        "",
+        "### Candidates (re-evaluated on val, ranked)",
+        "",
+        markdown_table(ranked[shown]),
+        "",
+        "### Winner per class",
+        "",
+    ]
+    for split, evaluation in (("val", result.val), ("test", result.test)):
+        if evaluation is None:
+            continue
+        per_class = evaluation.per_class_table()
+        overall = evaluation.metrics["overall"]
+        lines += [
+            f"**{split}**: mAP50 {overall['mAP50']:.4f}, mAP50-95 {overall['mAP50-95']:.4f}",
+            "",
+            markdown_table(per_class),
+            "",
+        ]
+    lines += ["### Training-time vs re-evaluation", "", *(f"- {line}" for line in result.explanation)]
+    return "\n".join(lines) + "\n"

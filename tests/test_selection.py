@@ -1,0 +1,240 @@
+"""Checkpoint evaluation and selection on a real tiny Ultralytics training of real images."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.plugins.data import copy_subset
+from tasks.selection import (
+    SelectionPolicy,
+    evaluate_checkpoint,
+    find_candidates,
+    rank_candidates,
+    select_checkpoint,
+    sha256_file,
+)
+
+IMGSZ = 64
+TOE_DRAIN_FLOOR = {"toe_drain": {"AP50": 0.60}}
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def label_instances(split_dir: Path, names: list[str]) -> dict[str, int]:
+    counts = Counter(
+        int(line.split()[0]) for f in (split_dir / "labels").glob("*.txt") for line in f.read_text().splitlines() if line.strip()
+    )
+    return {name: counts.get(i, 0) for i, name in enumerate(names)}
+
+
+@pytest.fixture(scope="module")
+def trained_run(real_dataset, tmp_path_factory) -> tuple[Path, Path]:
+    """(run_dir, data_yaml): 2 epochs of yolo11n on 12 real images, a checkpoint per epoch.
+
+    The dataset copy is made read-only afterwards (labels.cache from training removed) so the
+    evaluations below run against a read-only source.
+    """
+    from ultralytics import YOLO
+
+    root = tmp_path_factory.mktemp("selection")
+    data_yaml = copy_subset(real_dataset, root / "data", {"train": 6, "val": 4, "test": 2})
+    YOLO("yolo11n.yaml").train(
+        data=str(data_yaml), imgsz=IMGSZ, epochs=2, batch=4, save_period=1, workers=0, plots=False,
+        conf=0.25,  # as the guide's recipe did: training-time validation then differs from the protocol
+        device="cpu", project=str(root / "runs"), name="train", exist_ok=True, verbose=False,
+    )
+    for cache in data_yaml.parent.rglob("*.cache"):
+        cache.unlink()
+    for path in [data_yaml.parent, *data_yaml.parent.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    yield root / "runs" / "train", data_yaml
+    for path in [data_yaml.parent, *data_yaml.parent.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+@pytest.fixture(scope="module")
+def fitness_selection(trained_run, tmp_path_factory):
+    run_dir, data_yaml = trained_run
+    before = snapshot(data_yaml.parent)
+    result = select_checkpoint(
+        run_dir, data_yaml, SelectionPolicy(), imgsz=IMGSZ, out_dir=tmp_path_factory.mktemp("select-fitness")
+    )
+    assert snapshot(data_yaml.parent) == before, "selection wrote into the dataset"
+    return result
+
+
+def test_candidates_found_and_deduplicated(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    names = sorted(p.name for p in (run_dir / "weights").iterdir())
+    assert names == ["best.pt", "epoch0.pt", "epoch1.pt", "last.pt"]
+    found = find_candidates(run_dir)
+    assert [p.name for p, _, _ in found] == ["best.pt", "last.pt", "epoch0.pt", "epoch1.pt"]
+    assert all(digest == sha256_file(p) for p, digest, _ in found)
+
+    # An identical file under another name is merged into the first of them.
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.copyfile(copy / "weights" / "best.pt", copy / "weights" / "last.pt")
+    shutil.copyfile(copy / "weights" / "epoch0.pt", copy / "weights" / "epoch7.pt")
+    merged = find_candidates(copy)
+    assert [(p.name, dupes) for p, _, dupes in merged] == [
+        ("best.pt", ["last.pt"]),
+        ("epoch0.pt", ["epoch7.pt"]),
+        ("epoch1.pt", []),
+    ]
+
+    with pytest.raises(FileNotFoundError, match="no best.pt, last.pt or epochN.pt"):
+        find_candidates(tmp_path / "empty")
+
+
+def test_evaluation_protocol_outputs_and_readonly_dataset(trained_run, tmp_path):
+    run_dir, data_yaml = trained_run
+    dataset = data_yaml.parent
+    assert not (dataset.stat().st_mode & stat.S_IWUSR)  # read-only source
+    before = snapshot(dataset)
+
+    result = evaluate_checkpoint(run_dir / "weights" / "best.pt", data_yaml, imgsz=IMGSZ, out_dir=tmp_path / "eval")
+
+    assert snapshot(dataset) == before, "evaluation wrote into the dataset"
+    assert not list(dataset.rglob("*.cache"))
+    assert result.save_dir == (tmp_path / "eval").resolve()
+    assert not list(result.save_dir.rglob("*.cache")), "the temporary dataset view was not removed"
+    assert result.protocol.conf == 0.001 and result.protocol.iou == 0.7 and result.protocol.split == "val"
+    for png in (result.pr_curve_png, result.confusion_matrix_png, result.confusion_matrix_normalized_png):
+        assert png is not None and png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+    names = ["rock_toe", "slope_drain", "toe_drain", "vegetation"]
+    expected = label_instances(dataset / "val", names)
+    assert expected["toe_drain"] > 0  # copy_subset puts toe_drain images first
+    assert set(result.metrics["overall"]) == {"precision", "recall", "mAP50", "mAP50-95", "fitness"}
+    assert list(result.metrics["per_class"]) == names
+    assert {n: v["instances"] for n, v in result.metrics["per_class"].items()} == expected
+    table = pd.read_csv(result.per_class_csv)
+    assert list(table.columns) == ["class", "precision", "recall", "AP50", "AP50-95", "instances"]
+    assert dict(zip(table["class"], table["instances"])) == expected
+    for name, count in expected.items():
+        rates = [result.metrics["per_class"][name][k] for k in ("precision", "recall", "AP50", "AP50-95")]
+        # A class absent from the split has no rates; a present one has all of them.
+        assert all(r is None for r in rates) if count == 0 else all(0.0 <= r <= 1.0 for r in rates)
+
+    test = evaluate_checkpoint(run_dir / "weights" / "best.pt", data_yaml, split="test", imgsz=IMGSZ, out_dir=tmp_path / "test")
+    assert {n: v["instances"] for n, v in test.metrics["per_class"].items()} == label_instances(dataset / "test", names)
+
+    with pytest.raises(ValueError, match="no 'nope' split"):
+        evaluate_checkpoint(run_dir / "weights" / "best.pt", data_yaml, split="nope", imgsz=IMGSZ, out_dir=tmp_path / "x")
+
+
+def test_fitness_policy_picks_highest_reevaluated_fitness(fitness_selection):
+    result = fitness_selection
+    table = pd.read_csv(result.candidates_csv)
+    assert list(table["candidate"]) == ["best.pt", "last.pt", "epoch0.pt", "epoch1.pt"]
+    assert table["sha256"].is_unique
+    assert table.loc[table["selected"], "candidate"].tolist() == [result.winner_name]
+    winner_row = table[table["selected"]].iloc[0]
+    # Highest fitness; ties go to mAP50-95, mAP50, then the candidate order.
+    expected = table.sort_values(["fitness", "mAP50-95", "mAP50"], ascending=False, kind="stable").iloc[0]
+    assert winner_row["candidate"] == expected["candidate"]
+    assert winner_row["fitness"] == pytest.approx(table["fitness"].max())
+    assert result.winner_sha256 == sha256_file(result.winner)
+    assert result.val.metrics["overall"]["fitness"] == pytest.approx(winner_row["fitness"])
+    # Every candidate's row is the number its own evaluation wrote.
+    for c in result.candidates:
+        row = table[table["candidate"] == c.name].iloc[0]
+        assert row["mAP50-95"] == pytest.approx(c.val.metrics["overall"]["mAP50-95"])
+        assert row["toe_drain/AP50"] == pytest.approx(c.val.metrics["per_class"]["toe_drain"]["AP50"])
+    assert "Ultralytics fitness = " in result.policy_description
+
+
+def test_winner_evaluated_on_test_and_summary_written(fitness_selection):
+    result = fitness_selection
+    assert result.test is not None and result.test.protocol.split == "test"
+    assert result.test.weights_sha256 == result.winner_sha256
+    md = result.summary_md.read_text()
+    assert result.winner_name in md and "**test**" in md and "toe_drain" in md
+
+
+def test_training_time_numbers_and_gap_explanation(fitness_selection):
+    result = fitness_selection
+    by_name = {c.name: c.training for c in result.candidates}
+    assert by_name["epoch0.pt"].epoch == 1 and by_name["epoch1.pt"].epoch == 2  # trainer counts from 0
+    assert by_name["last.pt"].epoch == 2
+    assert not by_name["epoch0.pt"].stripped and by_name["best.pt"].stripped
+    # Ultralytics halves the EMA in every checkpoint it saves.
+    assert {t.weights_dtype for t in by_name.values()} == {"float16"}
+    assert by_name["epoch1.pt"].results_row["epoch"] == 2
+    text = "\n".join(result.explanation)
+    assert "training-time vs re-evaluated on val" in text
+    assert "conf=0.25" in text and "conf=0.001" in text  # the recipe's training conf
+    assert "float16" in text
+
+
+def test_mAP50_policy_on_the_evaluated_table(fitness_selection):
+    table = pd.read_csv(fitness_selection.candidates_csv).reset_index(names="order")
+    ranked, fell_back = rank_candidates(table, SelectionPolicy(kind="mAP50"))
+    expected = table.sort_values(["mAP50", "mAP50-95", "order"], ascending=[False, False, True]).iloc[0]
+    assert ranked.loc[0, "candidate"] == expected["candidate"] and not fell_back
+
+
+def test_class_aware_falls_back_when_no_candidate_meets_floors(trained_run, fitness_selection, tmp_path):
+    run_dir, data_yaml = trained_run
+    table = pd.read_csv(fitness_selection.candidates_csv)
+    if (table["toe_drain/AP50"] >= 0.60).any():
+        pytest.skip("a 2-epoch model reached toe_drain AP50 0.60: no fallback to show")
+    result = select_checkpoint(
+        run_dir, data_yaml, SelectionPolicy(kind="class_aware", class_floors=TOE_DRAIN_FLOOR),
+        imgsz=IMGSZ, out_dir=tmp_path,
+    )
+    assert result.fell_back
+    assert "No candidate met the floors" in result.explanation[0] and "toe_drain AP50 >= 0.6" in result.explanation[0]
+    best = pd.read_csv(result.candidates_csv).sort_values("mAP50-95", ascending=False, kind="stable").iloc[0]
+    assert result.val.metrics["overall"]["mAP50-95"] == pytest.approx(best["mAP50-95"])
+    assert "fell back" in result.summary_md.read_text()
+
+
+def test_class_aware_floor_on_class_absent_from_split_is_not_met(fitness_selection):
+    table = pd.read_csv(fitness_selection.candidates_csv).reset_index(names="order")
+    absent = [c for c, v in fitness_selection.val.metrics["per_class"].items() if v["instances"] == 0]
+    if not absent:
+        pytest.skip("every class occurs in this val subset")
+    policy = SelectionPolicy(kind="class_aware", class_floors={absent[0]: {"AP50": 0.0}})
+    ranked, fell_back = rank_candidates(table, policy)
+    assert fell_back and not ranked["meets_floors"].any()
+    ranked, fell_back = rank_candidates(table, SelectionPolicy(kind="class_aware", class_floors={"toe_drain": {"AP50": 0.0}}))
+    assert not fell_back and ranked["meets_floors"].all()
+
+
+def test_policies_disagree_where_they_should():
+    """The ranking alone, on numbers chosen so each policy has a different winner."""
+    table = pd.DataFrame(
+        {
+            "candidate": ["best.pt", "last.pt", "epoch4.pt"],
+            "order": [0, 1, 2],
+            "mAP50": [0.80, 0.90, 0.70],
+            "mAP50-95": [0.60, 0.55, 0.58],
+            "fitness": [0.60, 0.55, 0.58],
+            "toe_drain/AP50": [0.40, 0.50, 0.65],
+        }
+    )
+    pick = lambda policy: rank_candidates(table, policy)[0].loc[0, "candidate"]  # noqa: E731
+    assert pick(SelectionPolicy()) == "best.pt"
+    assert pick(SelectionPolicy(kind="mAP50")) == "last.pt"
+    assert pick(SelectionPolicy(kind="class_aware", class_floors=TOE_DRAIN_FLOOR)) == "epoch4.pt"
+    ranked, fell_back = rank_candidates(table, SelectionPolicy(kind="class_aware", class_floors={"toe_drain": {"AP50": 0.9}}))
+    assert fell_back and ranked.loc[0, "candidate"] == "best.pt"
+    with pytest.raises(ValueError, match="no such class"):
+        rank_candidates(table, SelectionPolicy(kind="class_aware", class_floors={"culvert": {"AP50": 0.5}}))
+
+
+def test_policy_validation():
+    with pytest.raises(ValueError, match="class_aware needs class_floors"):
+        SelectionPolicy(kind="class_aware")
+    with pytest.raises(ValueError, match="only apply to kind 'class_aware'"):
+        SelectionPolicy(kind="mAP50", class_floors=TOE_DRAIN_FLOOR)
