@@ -496,13 +496,22 @@ def rebalance_validation(
         seed=seed, leak_priority=leak_priority, move_test=move_test,
     )
 
+    emptied = [s for s in ("train", "val") if not plan.splits_after[s]]
+    if emptied:
+        raise DatasetError(
+            f"{data_yaml}: {' and '.join(emptied)} would be empty after moving leaked duplicate groups to "
+            f"{leak_priority[0]}; change leak_priority or add images to the dataset"
+        )
+    # An emptied test split is dropped: Ultralytics can't read an empty list.
+    splits_after = {s: paths for s, paths in plan.splits_after.items() if paths}
+
     hashes: dict[Path, str] = {}
     source_version = content_hash(images, names, hashes)
-    version_id = content_hash(plan.splits_after, names, hashes)
+    version_id = content_hash(splits_after, names, hashes)
     meta = yaml.safe_load(data_yaml.read_text())
     # Lists are resolved next to this yaml (Ultralytics: no `path` key), so the yaml holds no
     # absolute location and is byte-identical wherever it is written.
-    new_yaml = {s: f"{s}.txt" for s in plan.splits_after}
+    new_yaml = {s: f"{s}.txt" for s in splits_after}
     new_yaml.update(nc=len(names), names=meta["names"])
     frame = balance_frame(plan.counts_before, plan.counts_after)
     manifest = {
@@ -523,8 +532,11 @@ def rebalance_validation(
     }
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for split, paths in plan.splits_after.items():
-        _write_atomic(out_dir / f"{split}.txt", "".join(f"{p}\n" for p in paths).encode())
+    for split in plan.splits_after:
+        if split in splits_after:
+            _write_atomic(out_dir / f"{split}.txt", "".join(f"{p}\n" for p in splits_after[split]).encode())
+        else:  # a list left by an earlier run into this dir must not look like part of this version
+            (out_dir / f"{split}.txt").unlink(missing_ok=True)
     _write_atomic(out_dir / "data.yaml", yaml.safe_dump(new_yaml, sort_keys=False).encode())
     _write_atomic(out_dir / "balance.csv", frame.to_csv(index=False, lineterminator="\n").encode())
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:

@@ -241,3 +241,137 @@ def test_plan_never_splits_groups_whatever_the_priority(data):
         assert len(homes) == 1
         original = {s for s, paths in images.items() for p in paths if p in members}
         assert homes <= original and (("test" in original) <= (homes == {"test"}))
+
+
+# ---------------------------------------------------------------- rebalance_validation on files
+
+
+def write_dataset(root: Path, images: dict[str, list[Path]], instance_counts: dict[Path, tuple[int, ...]]) -> Path:
+    """Label-only dataset under root mirroring /data/<split>/images/<name>.jpg; image bytes are
+    distinct placeholders (duplicates are passed explicitly, so no pixels are needed)."""
+    for paths in images.values():
+        for path in paths:
+            image = root / path.relative_to("/data")
+            label = image.parent.parent / "labels" / f"{image.stem}.txt"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            label.parent.mkdir(parents=True, exist_ok=True)
+            image.write_bytes(f"placeholder {path}".encode())
+            label.write_text("".join(
+                f"{cls} 0.5 0.5 0.1 0.1\n" for cls, n in enumerate(instance_counts[path]) for _ in range(n)
+            ))
+    data_yaml = root / "data.yaml"
+    splits = "".join(f"{s}: ./{s}/images\n" for s in ("train", "val", "test") if images.get(s))
+    data_yaml.write_text(f"{splits}nc: 4\nnames: {NAMES}\n")
+    return data_yaml
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    from tasks.hashing import sha256_file
+
+    return {str(p.relative_to(root)): sha256_file(p) if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
+
+
+def read_lists(out: Path) -> dict[str, list[str]]:
+    return {s: (out / f"{s}.txt").read_text().splitlines() for s in ("train", "val", "test") if (out / f"{s}.txt").exists()}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(planted_datasets(), st.integers(0, 3))
+def test_rebalance_outputs_deterministic_idempotent_and_source_untouched(data, seed):
+    import tempfile
+
+    from tasks.rebalance import dataset_version_id, rebalance_validation
+
+    images, instance_counts, duplicates, planted, targets = data
+    assume(images["train"] and images["val"])  # a split Ultralytics can't resolve is the validator's error
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data_yaml = write_dataset(tmp / "src", images, instance_counts)
+        on_disk = lambda p: (tmp / "src" / p.relative_to("/data")).resolve()  # noqa: E731
+        groups = [[on_disk(p) for p in members] for members in duplicates]
+        source = tree_digest(tmp / "src")
+        try:
+            first = rebalance_validation(data_yaml, tmp / "a", targets, seed=seed, duplicate_groups=groups)
+        except (RebalanceImpossible, DatasetError) as refusal:
+            if isinstance(refusal, DatasetError):
+                assert "would be empty after moving leaked duplicate groups" in str(refusal)
+            assert not (tmp / "a").exists()  # refused before writing anything
+            assert tree_digest(tmp / "src") == source
+            return
+        second = rebalance_validation(data_yaml, tmp / "b", targets, seed=seed, duplicate_groups=groups)
+        assert tree_digest(tmp / "a") == tree_digest(tmp / "b")
+        assert tree_digest(tmp / "src") == source
+
+        lists = read_lists(tmp / "a")
+        split_of = {line: s for s, lines in lists.items() for line in lines}
+        for members in planted:
+            assert len({split_of[str(on_disk(p))] for p in members}) == 1
+        for cls, target in targets.items():
+            assert first.counts_after.instances["val"][cls] >= target
+        assert dataset_version_id(first.data_yaml) == first.version_id == second.version_id
+        assert dataset_version_id(data_yaml) == first.source_version_id
+
+        again = rebalance_validation(first.data_yaml, tmp / "c", targets, seed=seed + 1, duplicate_groups=groups)
+        assert again.version_id == first.version_id == again.source_version_id
+        assert again.moved_groups == [] and again.repaired_leaks == []
+        assert read_lists(tmp / "c") == lists
+
+
+def test_ultralytics_reads_the_rebalanced_lists_and_their_labels(small_real_dataset, tmp_path):
+    from tasks.rebalance import rebalance_validation
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    source = small_real_dataset.parent
+    before = tree_digest(source)
+    val_toe = sum(line.startswith("2 ") for f in (source / "val" / "labels").glob("*.txt")
+                  for line in f.read_text().splitlines())
+    result = rebalance_validation(small_real_dataset, tmp_path / "out", {"toe_drain": val_toe + 1})
+    assert result.moved_groups and tree_digest(source) == before
+
+    data = check_det_dataset(str(result.data_yaml))
+    assert data["names"] == dict(enumerate(NAMES))
+    lists = read_lists(tmp_path / "out")
+    for split in ("train", "val"):
+        dataset = YOLODataset(img_path=data[split], data=data, imgsz=64, augment=False, task="detect")
+        assert dataset.im_files == lists[split]  # the original files, not copies
+        assert all(str(source) in f for f in dataset.im_files)
+        instances = [0] * len(NAMES)
+        for label in dataset.labels:
+            for cls in label["cls"].ravel():
+                instances[int(cls)] += 1
+        assert dict(zip(NAMES, instances)) == result.counts_after.instances[split]
+
+
+def test_real_dataset_rebalance_is_leak_free_balanced_deterministic_and_read_only(real_dataset, tmp_path):
+    from tasks.dataset_validation import find_duplicate_groups, resolve_split_images
+    from tasks.rebalance import dataset_version_id, rebalance_validation
+
+    source = tree_digest(real_dataset)
+    before_groups = find_duplicate_groups(resolve_split_images(real_dataset / "data.yaml"))
+    assert sum(g.cross_split for g in before_groups) == 4  # the _dupN copies and one resized copy
+
+    # 18: the guide's val target, met once the leaked copies go back to train;
+    # 25: forces the selection to move whole groups out of train.
+    for target in (18, 25):
+        first = rebalance_validation(real_dataset / "data.yaml", tmp_path / f"a{target}", {"toe_drain": target})
+        second = rebalance_validation(real_dataset / "data.yaml", tmp_path / f"b{target}", {"toe_drain": target})
+        assert tree_digest(tmp_path / f"a{target}") == tree_digest(tmp_path / f"b{target}")
+        assert len(first.repaired_leaks) == 4
+
+        after_groups = find_duplicate_groups(resolve_split_images(first.data_yaml))
+        assert sum(g.cross_split for g in after_groups) == 0
+        val_before, val_after = first.counts_before.instances["val"], first.counts_after.instances["val"]
+        assert val_after["toe_drain"] >= target
+        for cls in NAMES:
+            if cls != "toe_drain":
+                share = lambda counts: 100 * counts[cls] / sum(counts.values())  # noqa: E731
+                assert abs(share(val_after) - share(val_before)) <= 5, cls
+        assert all(n >= 1 for n in first.counts_after.instances["train"].values())
+        assert dataset_version_id(first.data_yaml) == first.version_id
+        if target == 25:
+            assert {g.from_split for g in first.moved_groups} == {"train"}
+            again = rebalance_validation(first.data_yaml, tmp_path / "again", {"toe_drain": target})
+            assert again.version_id == first.version_id and not again.moved_groups and not again.repaired_leaks
+
+    assert tree_digest(real_dataset) == source
