@@ -202,7 +202,9 @@ class SeaweedFS:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
             _weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", "-admin.ui=false", "-webdav=false", *ports.args(),
+            "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
+            # A typo in the bucket name must fail, not silently create a new bucket.
+            "-s3.autoCreateBucket=false", *ports.args(),
         ]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
         with open(self.log_file, "ab") as log:
