@@ -31,8 +31,6 @@ METRIC_COLUMNS = {
     "mAP50": "metrics/mAP50(B)",
     "mAP50-95": "metrics/mAP50-95(B)",
 }
-OVERALL_KEYS = ("precision", "recall", "mAP50", "mAP50-95", "fitness")
-PER_CLASS_KEYS = ("precision", "recall", "AP50", "AP50-95", "instances")
 
 
 # --------------------------------------------------------------------------- fitness
@@ -651,9 +649,10 @@ def explain_gap(candidate: Candidate, protocol: EvalProtocol, data_yaml: Path) -
             f"Different dataset file: training used {args['data']}, re-evaluation {data_yaml} "
             "(e.g. a rebalanced split): the images measured are not the same."
         )
-    if args.get("batch") and int(args["batch"]) * 2 != protocol.batch:
+    # batch -1 or a fraction means AutoBatch: the validation batch is then unknown.
+    if isinstance(args.get("batch"), int) and args["batch"] > 0 and args["batch"] * 2 != protocol.batch:
         lines.append(
-            f"Batch differs: training validated with batch {int(args['batch']) * 2} (2x train batch), "
+            f"Batch differs: training validated with batch {args['batch'] * 2} (2x train batch), "
             f"protocol {protocol.batch}; rectangular batches pad per batch, a small effect."
         )
     if training.weights_dtype != "float32":
