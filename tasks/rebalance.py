@@ -7,8 +7,9 @@ copies). Groups always move as a unit:
 1. Leak repair: a group found in several splits goes wholly to the first of those splits in
    ``leak_priority`` (default train > val > test).
 2. Selection: groups are moved from train (and test only when ``move_test``) into val, greedily,
-   until every per-class val target is met, preferring the groups that keep the other classes'
-   train/val shares closest to the input's; ties are broken by a seeded shuffle. A move is only
+   until every per-class val target is met, preferring single photographs over groups of copies,
+   then the groups that keep the other classes' train/val shares closest to the input's; ties
+   are broken by a seeded shuffle. A move is only
    taken if it leaves every target still reachable and no class empty in its source split.
 
 The new version is a data.yaml plus image lists pointing into the original tree (Ultralytics
@@ -216,12 +217,12 @@ class _Group:
     split: str
 
 
-def _counts_table(groups: list[_Group], split_of: dict[str, str], names: Sequence[str], splits: Sequence[str]) -> CountsTable:
+def _counts_table(groups: list[_Group], names: Sequence[str], splits: Sequence[str]) -> CountsTable:
     instances = {s: np.zeros(len(names), dtype=int) for s in splits}
     n_images = dict.fromkeys(splits, 0)
     for g in groups:
-        instances[split_of[g.group_id]] += g.counts
-        n_images[split_of[g.group_id]] += len(g.images)
+        instances[g.split] += g.counts
+        n_images[g.split] += len(g.images)
     return CountsTable(
         instances={s: {n: int(v) for n, v in zip(names, instances[s])} for s in splits},
         images=n_images,
@@ -297,7 +298,6 @@ def plan_rebalance(
 
     groups: list[_Group] = []
     leaks: list[RepairedLeak] = []
-    split_before: dict[str, str] = {}
     counts_before = {s: np.zeros(len(names), dtype=int) for s in splits}
     images_before = dict.fromkeys(splits, 0)
     for members in group_images(images, duplicate_groups):
@@ -316,7 +316,6 @@ def plan_rebalance(
             ))
         counts = np.sum([instance_counts[p] for p in paths], axis=0).astype(int)
         groups.append(_Group(group_id, paths, counts, kept))
-        split_before[group_id] = kept
     before = CountsTable(
         instances={s: {n: int(v) for n, v in zip(names, counts_before[s])} for s in splits},
         images=images_before,
@@ -361,9 +360,10 @@ def plan_rebalance(
                 continue
             origin = g.split
             state.move(g, "val")
-            scored.append((distortion(), -useful, tiebreak[g.group_id], g))
+            # Copies of one photo last: in val they would count one photograph several times.
+            scored.append((len(g.images) > 1, distortion(), -useful, tiebreak[g.group_id], g))
             state.move(g, origin)
-        scored.sort(key=lambda s: s[:3])
+        scored.sort(key=lambda s: s[:4])
         for *_, g in scored:
             origin = g.split
             state.move(g, "val")
@@ -385,12 +385,11 @@ def plan_rebalance(
                 reached,
             )
 
-    split_after = {g.group_id: g.split for g in groups}
     splits_after = {s: sorted((p for g in groups if g.split == s for p in g.images), key=str) for s in splits}
     return RebalancePlan(
         splits_after=splits_after,
         counts_before=before,
-        counts_after=_counts_table(groups, split_after, names, splits),
+        counts_after=_counts_table(groups, names, splits),
         moved_groups=moved,
         repaired_leaks=leaks,
     )

@@ -145,6 +145,19 @@ def test_selection_prefers_groups_that_keep_other_shares():
         assert [g.images for g in plan.moved_groups] in ([[str(img("train", "pure"))]], [[str(img("train", "keep"))]])
 
 
+def test_selection_moves_copies_of_one_photo_last():
+    images = {
+        "train": [img("train", n) for n in ("copy", "copy_dup1", "single", "rest")],
+        "val": [img("val", "r")],
+    }
+    instance_counts = {
+        img("train", "copy"): counts(0, 0, 1), img("train", "copy_dup1"): counts(0, 0, 1),
+        img("train", "single"): counts(2, 0, 1), img("train", "rest"): counts(3, 2, 1), img("val", "r"): counts(1),
+    }
+    plan = plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 1}, [])
+    assert [g.images for g in plan.moved_groups] == [[str(img("train", "single"))]]
+
+
 def test_bad_target_and_label_errors_are_clear(tmp_path):
     images, instance_counts = small_dataset()
     with pytest.raises(ValueError, match=r"unknown class\(es\) in targets: \['toe'\]"):
@@ -375,3 +388,22 @@ def test_real_dataset_rebalance_is_leak_free_balanced_deterministic_and_read_onl
             assert again.version_id == first.version_id and not again.moved_groups and not again.repaired_leaks
 
     assert tree_digest(real_dataset) == source
+
+
+def test_cli_rebalance_writes_version_and_refuses_clearly(tmp_path):
+    from typer.testing import CliRunner
+
+    from tasks.cli import app
+
+    images, instance_counts = small_dataset()
+    data_yaml = write_dataset(tmp_path / "src", images, instance_counts)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["rebalance", str(data_yaml), "--target", "toe_drain=3", "--seed", "0",
+                             "--out", str(tmp_path / "out"), "--phash-threshold", "-1"])
+    assert ok.exit_code == 0, ok.output
+    assert "repaired leaks: 1, moved groups: " in ok.output
+    assert (tmp_path / "out" / "manifest.json").is_file()
+    refused = runner.invoke(app, ["rebalance", str(data_yaml), "--target", "toe_drain=6",
+                                  "--out", str(tmp_path / "no"), "--phash-threshold", "-1"])
+    assert refused.exit_code == 1
+    assert "at most 5 reachable" in refused.output and not (tmp_path / "no").exists()
