@@ -1,0 +1,496 @@
+"""Model registry of record, kept in the S3 bucket (works offline, on any S3-compatible store).
+
+Layout under ``models/<name>/``:
+- ``versions/v<N>/.claim``: created with If-None-Match by whoever takes number N (the number is
+  allocated by this conditional put; on 412 the next number is tried), so only one writer
+  ever uploads files under ``v<N>/``.
+- ``versions/v<N>/<relpath>``: the files.
+- ``versions/v<N>/manifest.json``: written LAST, with If-None-Match. A version exists only once
+  its manifest exists; the manifest lists the sha256 and size of every file. A writer that
+  dies before it leaves a claim without manifest: never listed, never resolvable, its number
+  is skipped.
+- ``aliases.json``: ``{"aliases": {alias: N}}``, changed only by compare-and-swap (If-Match on
+  the ETag read), retried on 412, so concurrent writers never lose an update. An alias can
+  only point at a version whose manifest exists.
+
+Security: Ultralytics weights are pickles (loading runs code). Everything downloaded here is
+checked against the manifest's sha256 before it is moved into place.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tasks.settings import DEFAULT_MODEL_NAME, git_sha, state_dir
+from tasks.storage import (
+    IntegrityError,
+    ObjectNotFound,
+    ObjectStore,
+    PreconditionFailed,
+    StorageError,
+    parse_uri,
+    sha256_file,
+)
+
+__all__ = [
+    "IntegrityError", "ModelVersion", "PromotionConflict", "PromotionDecision", "PromotionRule",
+    "Registry", "RegistryError", "decide_promotion",
+]
+
+MANIFEST = "manifest.json"
+CLAIM = ".claim"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
+_ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_VERSION_RE = re.compile(r"^v?(\d+)$")
+_CAS_ATTEMPTS = 64
+
+
+class RegistryError(StorageError):
+    """A registry reference or operation that cannot be satisfied (message says why)."""
+
+
+class PromotionConflict(RegistryError):
+    """Production moved since the promotion decision was made; decide again."""
+
+
+class FileEntry(BaseModel):
+    sha256: str
+    size: int
+
+
+class RegistrationMetadata(BaseModel):
+    """What the caller supplies with the files; unknown keys are refused (typos lose lineage)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: dict[str, Any] = Field(default_factory=dict, description='{"val": METRICS, "test": METRICS}')
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    dataset: dict[str, Any] = Field(default_factory=dict, description="version_id, manifest_sha256, uri")
+    baseline: dict[str, Any] = Field(default_factory=dict, description="reference, sha256")
+    code_version: str = Field(default_factory=git_sha)
+    ultralytics_version: str | None = None
+    torch_version: str | None = None
+    wandb_run_path: str | None = None
+    flow_run_id: str | None = None
+
+
+class ModelVersion(RegistrationMetadata):
+    """One immutable registered version: exactly the content of its manifest.json."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    version: int
+    files: dict[str, FileEntry]
+    created_at: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+
+def _installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _check_relpath(relpath: str) -> str:
+    path = PurePosixPath(relpath)
+    if path.is_absolute() or ".." in path.parts or not path.parts or relpath in (MANIFEST, CLAIM) or "\\" in relpath:
+        raise RegistryError(f"bad file name {relpath!r} for a model version: use a relative path like 'weights/best.pt'")
+    return str(path)
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
+
+
+class Registry:
+    """The registry for one model name in one bucket."""
+
+    def __init__(self, store: ObjectStore, name: str = DEFAULT_MODEL_NAME) -> None:
+        if not _NAME_RE.match(name):
+            raise RegistryError(f"bad model name {name!r}: lowercase letters, digits, '.', '_', '-' (2-64 chars)")
+        self.store = store
+        self.name = name
+        self.prefix = f"models/{name}/"
+
+    def _version_prefix(self, version: int) -> str:
+        return f"{self.prefix}versions/v{version}/"
+
+    def _manifest_key(self, version: int) -> str:
+        return self._version_prefix(version) + MANIFEST
+
+    @property
+    def _aliases_key(self) -> str:
+        return self.prefix + "aliases.json"
+
+    # --- registering --------------------------------------------------------------------
+
+    def _numbers_taken(self) -> list[int]:
+        numbers = set()
+        for key in self.store.list(self.prefix + "versions/"):
+            match = re.match(re.escape(self.prefix) + r"versions/v(\d+)/", key)
+            if match:
+                numbers.add(int(match.group(1)))
+        return sorted(numbers)
+
+    def _claim_version(self, owner: str) -> int:
+        number = max(self._numbers_taken(), default=0) + 1
+        while True:
+            try:
+                self.store.put_bytes(self._version_prefix(number) + CLAIM, owner.encode(), if_none_match=True)
+                return number
+            except PreconditionFailed:
+                # Someone took N, or our own put succeeded and its retry saw the result.
+                data, _ = self.store.get_bytes(self._version_prefix(number) + CLAIM)
+                if data == owner.encode():
+                    return number
+                number += 1
+
+    def register(self, files: dict[str, Path], metadata: dict[str, Any]) -> ModelVersion:
+        """Upload ``files`` ({relpath in the version: local path}) as the next version.
+
+        Returns the new version once its manifest (written last) exists.
+        """
+        if not files:
+            raise RegistryError("nothing to register: no files given")
+        meta = RegistrationMetadata.model_validate(metadata)
+        meta.ultralytics_version = meta.ultralytics_version or _installed_version("ultralytics")
+        meta.torch_version = meta.torch_version or _installed_version("torch")
+        entries: dict[str, FileEntry] = {}
+        sources: dict[str, Path] = {}
+        for relpath, local in files.items():
+            local = Path(local)
+            if not local.is_file():
+                raise RegistryError(f"cannot register {relpath!r}: {local} is not a file")
+            relpath = _check_relpath(relpath)
+            entries[relpath] = FileEntry(sha256=sha256_file(local), size=local.stat().st_size)
+            sources[relpath] = local
+        owner = f"{datetime.now(timezone.utc).isoformat()} {random.getrandbits(64):016x}"
+        version = self._claim_version(owner)
+        for relpath, local in sources.items():
+            self.store.put_file(local, self._version_prefix(version) + relpath, if_none_match=True,
+                                sha256=entries[relpath].sha256)
+        manifest = ModelVersion(
+            name=self.name, version=version, files=entries,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta.model_dump(),
+        )
+        body = manifest.model_dump_json(indent=2).encode()
+        try:
+            self.store.put_bytes(self._manifest_key(version), body, content_type="application/json", if_none_match=True)
+        except PreconditionFailed:
+            # Only we hold the claim, so the manifest there is ours if a retried put landed.
+            if self.store.get_bytes(self._manifest_key(version))[0] != body:
+                raise RegistryError(f"{self.name}:v{version} was written by someone else; claim protocol broken")
+        return manifest
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _load(self, version: int) -> ModelVersion:
+        try:
+            data, _ = self.store.get_bytes(self._manifest_key(version))
+        except ObjectNotFound:
+            raise RegistryError(f"{self.name}:v{version} does not exist (no manifest)") from None
+        manifest = ModelVersion.model_validate_json(data)
+        if (manifest.name, manifest.version) != (self.name, version):
+            raise IntegrityError(f"{self.store.uri(self._manifest_key(version))} describes "
+                                 f"{manifest.name}:v{manifest.version}, not {self.name}:v{version}")
+        return manifest
+
+    def list_versions(self) -> list[ModelVersion]:
+        """Complete versions (those with a manifest), oldest first."""
+        return [self._load(n) for n in self._numbers_taken() if self.store.exists(self._manifest_key(n))]
+
+    def _read_aliases(self) -> tuple[dict[str, int], str | None]:
+        try:
+            doc, etag = self.store.get_json(self._aliases_key)
+        except ObjectNotFound:
+            return {}, None
+        return {k: int(v) for k, v in doc.get("aliases", {}).items()}, etag
+
+    def aliases(self) -> dict[str, int]:
+        return self._read_aliases()[0]
+
+    def get(self, ref: str) -> ModelVersion:
+        """``"v3"``, ``"3"``, an alias (``"production"``), ``"latest"``, or any of those after
+        ``"name:"`` (another name is looked up in its own registry)."""
+        name, sep, rest = ref.partition(":")
+        if sep:
+            if name != self.name:
+                return Registry(self.store, name).get(rest)
+            ref = rest
+        if match := _VERSION_RE.match(ref):
+            return self._load(int(match.group(1)))
+        if ref == "latest":
+            versions = self.list_versions()
+            if not versions:
+                raise RegistryError(f"{self.name} has no versions yet")
+            return versions[-1]
+        aliases = self.aliases()
+        if ref not in aliases:
+            known = ", ".join(sorted(aliases)) or "none"
+            raise RegistryError(f"{self.name} has no alias {ref!r} (aliases: {known})")
+        return self._load(aliases[ref])
+
+    # --- aliases ------------------------------------------------------------------------
+
+    def _update_aliases(self, change: Callable[[dict[str, int]], dict[str, int]]) -> dict[str, int]:
+        """Read-modify-write of aliases.json by compare-and-swap; ``change`` may run repeatedly."""
+        for attempt in range(_CAS_ATTEMPTS):
+            current, etag = self._read_aliases()
+            updated = change(dict(current))
+            if updated == current and etag is not None:
+                return current
+            try:
+                self.store.put_json_cas(self._aliases_key, {"aliases": updated}, etag)
+                return updated
+            except PreconditionFailed:
+                _backoff(attempt)
+        raise RegistryError(f"aliases of {self.name}: gave up after {_CAS_ATTEMPTS} concurrent-update conflicts")
+
+    def set_alias(self, alias: str, version: int | str) -> ModelVersion:
+        """Point ``alias`` at a complete version (its manifest must exist)."""
+        if not _ALIAS_RE.match(alias) or _VERSION_RE.match(alias) or alias == "latest":
+            raise RegistryError(f"bad alias {alias!r}: lowercase word such as 'production' (not a version number)")
+        target = self.get(str(version)) if isinstance(version, str) else self._load(version)
+
+        def move(aliases: dict[str, int]) -> dict[str, int]:
+            aliases[alias] = target.version
+            return aliases
+
+        self._update_aliases(move)
+        return target
+
+    # --- downloading --------------------------------------------------------------------
+
+    def download(self, ref: str, dest_dir: Path) -> Path:
+        """Download a version into ``dest_dir/<name>-v<N>/`` (files + manifest.json) and return
+        that directory. Every file is sha256-verified against the manifest; on any failure
+        nothing is left in ``dest_dir``. An existing identical download is reused."""
+        version = self.get(ref)
+        dest_dir = Path(dest_dir)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        target = dest_dir / f"{self.name}-v{version.version}"
+        manifest_json = version.model_dump_json(indent=2)
+        if target.is_dir() and (target / MANIFEST).is_file() and (target / MANIFEST).read_text() == manifest_json:
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=dest_dir))
+        try:
+            for relpath, entry in version.files.items():
+                key = self._version_prefix(version.version) + relpath
+                try:
+                    local = self.store.get_file(key, staging / relpath, expected_sha256=entry.sha256)
+                except IntegrityError:
+                    raise IntegrityError(
+                        f"{version.ref}: file {relpath!r} ({self.store.uri(key)}) does not match the sha256 in "
+                        f"its manifest: corrupted or tampered; refusing to download it (nothing written to {dest_dir})"
+                    ) from None
+                if local.stat().st_size != entry.size:
+                    raise IntegrityError(f"{version.ref}: file {relpath!r} has the wrong size")
+            (staging / MANIFEST).write_text(manifest_json)
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    def weights_file(self, version: ModelVersion) -> str:
+        """The relpath of a version's weights: its only .pt file, else ``weights/best.pt``/``best.pt``."""
+        pts = [p for p in version.files if p.endswith(".pt")]
+        if len(pts) == 1:
+            return pts[0]
+        for preferred in ("weights/best.pt", "best.pt"):
+            if preferred in version.files:
+                return preferred
+        raise RegistryError(f"{version.ref} has no single weights file (.pt files: {pts or 'none'})")
+
+    def resolve_reference(self, uri_or_ref: str, cache_dir: Path | None = None) -> Path:
+        """Local weights for a baseline given as a local path, an ``s3://`` URI, or a registry
+        reference ``name:alias`` / ``name:vN``. Remote ones are downloaded into a cache under the
+        state dir and sha256-verified (registry: manifest; s3:// URI: the object's sha256
+        metadata, required)."""
+        local = Path(uri_or_ref).expanduser()
+        if local.is_file():
+            return local.resolve()
+        cache = Path(cache_dir or state_dir() / "cache")
+        if uri_or_ref.startswith("s3://"):
+            bucket, key = parse_uri(uri_or_ref)
+            store = self.store if bucket == self.store.bucket else ObjectStore(
+                self.store.settings.model_copy(update={"bucket": bucket}))
+            expected = store.head(key)["sha256"]
+            if not expected:
+                raise IntegrityError(f"{uri_or_ref} has no sha256 metadata; upload it with phase2 (or pass a local path)")
+            dest = cache / "s3" / bucket / key
+            if dest.is_file() and sha256_file(dest) == expected:
+                return dest
+            return store.get_file(key, dest, expected_sha256=expected)
+        if ":" in uri_or_ref and not uri_or_ref.startswith((".", "/")):
+            version = self.get(uri_or_ref)
+            registry = Registry(self.store, version.name)
+            folder = registry.download(f"v{version.version}", cache / "registry")
+            return folder / registry.weights_file(version)
+        raise RegistryError(
+            f"baseline {uri_or_ref!r} is not an existing file, an s3:// URI or a registry reference like "
+            f"'{self.name}:production'"
+        )
+
+    # --- promotion ----------------------------------------------------------------------
+
+    def apply_promotion(self, decision: "PromotionDecision", version: int) -> dict[str, int]:
+        """``candidate`` -> version always; ``production`` -> version when the decision says so,
+        and only if production is still the version the decision compared against."""
+        self.set_alias("candidate", version)
+        if not decision.promote:
+            return self.aliases()
+        self._load(version)
+
+        def promote(aliases: dict[str, int]) -> dict[str, int]:
+            current = aliases.get("production")
+            if current != decision.production_version and current != version:
+                raise PromotionConflict(
+                    f"production of {self.name} moved to v{current} after the decision compared against "
+                    f"{'v' + str(decision.production_version) if decision.production_version else 'no production'}; "
+                    "evaluate again"
+                )
+            aliases["production"] = version
+            return aliases
+
+        return self._update_aliases(promote)
+
+
+# --- promotion gate ---------------------------------------------------------------------
+
+OverallMetric = Literal["precision", "recall", "mAP50", "mAP50-95"]
+ClassMetric = Literal["precision", "recall", "AP50", "AP50-95"]
+
+
+class PromotionRule(BaseModel):
+    """When a candidate may replace production (same evaluation split for both)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: OverallMetric = "mAP50-95"
+    max_drop: float = Field(0.0, ge=0, description="candidate may be at most this much below production")
+    per_class_min: dict[str, dict[ClassMetric, float]] = Field(
+        default_factory=dict, description='e.g. {"toe_drain": {"AP50": 0.6}}; always applies')
+    absolute_min: dict[OverallMetric, float] = Field(
+        default_factory=dict, description="overall minimums a first model (no production yet) must reach")
+
+    @field_validator("per_class_min")
+    @classmethod
+    def _thresholds_in_range(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for name, mins in value.items():
+            for metric, threshold in mins.items():
+                if not 0 <= threshold <= 1:
+                    raise ValueError(f"{name}.{metric} minimum {threshold} is outside [0, 1]")
+        return value
+
+
+class ComparisonRow(BaseModel):
+    metric: str
+    candidate: float | None
+    production: float | None
+    requirement: str = ""
+    passed: bool | None = None
+
+
+class PromotionDecision(BaseModel):
+    promote: bool
+    reasons: list[str]
+    rows: list[ComparisonRow]
+    production_version: int | None = None
+
+    def to_markdown(self) -> str:
+        def fmt(value: float | None) -> str:
+            return "-" if value is None else f"{value:.4f}"
+
+        mark = {True: "pass", False: "FAIL", None: ""}
+        lines = [
+            f"**Decision: {'PROMOTE' if self.promote else 'KEEP current production'}**", "",
+            *(f"- {reason}" for reason in self.reasons), "",
+            "| metric | candidate | production | requirement | result |", "|---|---|---|---|---|",
+            *(f"| {r.metric} | {fmt(r.candidate)} | {fmt(r.production)} | {r.requirement} | {mark[r.passed]} |"
+              for r in self.rows),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _value(metrics: dict | None, *path: str) -> float | None:
+    node: Any = metrics
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    try:
+        value = float(node)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def decide_promotion(candidate_metrics: dict, production_metrics: dict | None, rule: PromotionRule,
+                     production_version: int | None = None) -> PromotionDecision:
+    """Apply ``rule``. Metrics: ``{"overall": {...}, "per_class": {class: {...}}}`` as produced by
+    the evaluation; missing or NaN values fail their check."""
+    rows: list[ComparisonRow] = []
+    failures: list[str] = []
+    passes: list[str] = []
+
+    def check(metric: str, candidate: float | None, production: float | None, minimum: float, text: str) -> None:
+        ok = candidate is not None and candidate >= minimum - 1e-12
+        rows.append(ComparisonRow(metric=metric, candidate=candidate, production=production, requirement=text, passed=ok))
+        shown = "missing" if candidate is None else f"{candidate:.4f}"
+        (passes if ok else failures).append(f"{metric} = {shown} (needs {text})")
+
+    for metric in ("precision", "recall", "mAP50", "mAP50-95"):
+        cand, prod = _value(candidate_metrics, "overall", metric), _value(production_metrics, "overall", metric)
+        if production_metrics is not None and metric == rule.metric:
+            if prod is None:
+                failures.append(f"production has no {metric} to compare against")
+                rows.append(ComparisonRow(metric=metric, candidate=cand, production=None, passed=False))
+            else:
+                check(metric, cand, prod, prod - rule.max_drop, f">= {prod - rule.max_drop:.4f} (production - {rule.max_drop})")
+        elif production_metrics is None and metric in rule.absolute_min:
+            check(metric, cand, None, rule.absolute_min[metric], f">= {rule.absolute_min[metric]} (first model)")
+        else:
+            rows.append(ComparisonRow(metric=metric, candidate=cand, production=prod))
+    classes = list(dict.fromkeys([*(candidate_metrics.get("per_class") or {}), *rule.per_class_min]))
+    for name in classes:
+        for metric in ("AP50", "AP50-95"):
+            cand = _value(candidate_metrics, "per_class", name, metric)
+            prod = _value(production_metrics, "per_class", name, metric)
+            minimum = rule.per_class_min.get(name, {}).get(metric)
+            if minimum is None:
+                rows.append(ComparisonRow(metric=f"{name} {metric}", candidate=cand, production=prod))
+            else:
+                check(f"{name} {metric}", cand, prod, minimum, f">= {minimum}")
+        for metric, minimum in rule.per_class_min.get(name, {}).items():
+            if metric not in ("AP50", "AP50-95"):
+                check(f"{name} {metric}", _value(candidate_metrics, "per_class", name, metric),
+                      _value(production_metrics, "per_class", name, metric), minimum, f">= {minimum}")
+    promote = not failures
+    if production_metrics is None:
+        headline = "no production model yet: " + ("first model meets the absolute targets" if promote else "first model misses its targets")
+    else:
+        headline = "candidate " + ("passes" if promote else "fails") + " the rule against production"
+    return PromotionDecision(
+        promote=promote, reasons=[headline, *(f"FAIL {f}" for f in failures), *(f"ok {p}" for p in passes)],
+        rows=rows, production_version=production_version,
+    )
