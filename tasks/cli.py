@@ -95,6 +95,112 @@ def history(
 
 # --- model registry (tasks/registry.py) ---
 
+
+def _registry(ref: str = ""):
+    """(Registry for the name in ``NAME:REF`` or the default name, the part after the name)."""
+    from tasks.registry import Registry
+    from tasks.services import resolve_s3_settings
+    from tasks.settings import DEFAULT_MODEL_NAME
+    from tasks.storage import ObjectStore
+
+    name, sep, rest = ref.partition(":")
+    store = ObjectStore(resolve_s3_settings())
+    return (Registry(store, name), rest) if sep else (Registry(store, DEFAULT_MODEL_NAME), ref)
+
+
+def _fail(error: Exception) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(1)
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[Optional[str], typer.Option(help="Model name (default: site-inspection-detector).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
+) -> None:
+    """Registered versions with their aliases and headline metrics."""
+    import json
+
+    from tasks.storage import StorageError
+
+    try:
+        registry, _ = _registry(f"{name}:" if name else "")
+        versions, aliases = registry.list_versions(), registry.aliases()
+    except StorageError as error:
+        _fail(error)
+    if as_json:
+        typer.echo(json.dumps({"aliases": aliases, "versions": [v.model_dump() for v in versions]}, indent=2))
+        return
+    by_version: dict[int, list[str]] = {}
+    for alias, number in sorted(aliases.items()):
+        by_version.setdefault(number, []).append(alias)
+
+    def metric(version, split: str, *path: str) -> str:
+        node = version.metrics.get(split, {})
+        for part in path:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        return f"{node:.4f}" if isinstance(node, (int, float)) else "-"
+
+    typer.echo(f"{registry.name}: {len(versions)} version(s)")
+    typer.echo(f"{'version':>7}  {'created_at':25}  {'val mAP50-95':>12}  {'test mAP50-95':>13}  "
+               f"{'code':12}  aliases")
+    for v in versions:
+        typer.echo(f"{'v' + str(v.version):>7}  {v.created_at:25}  {metric(v, 'val', 'overall', 'mAP50-95'):>12}  "
+                   f"{metric(v, 'test', 'overall', 'mAP50-95'):>13}  {v.code_version[:12]:12}  "
+                   f"{', '.join(by_version.get(v.version, []))}")
+
+
+@models_app.command("show")
+def models_show(ref: Annotated[str, typer.Argument(help="NAME:VERSION|ALIAS, e.g. site-inspection-detector:production or v3.")]) -> None:
+    """The full manifest of one version (files with sha256, metrics, lineage) and its aliases."""
+    import json
+
+    from tasks.storage import StorageError
+
+    try:
+        registry, rest = _registry(ref)
+        version = registry.get(rest)
+        aliases = sorted(a for a, n in registry.aliases().items() if n == version.version)
+    except StorageError as error:
+        _fail(error)
+    typer.echo(json.dumps({**version.model_dump(), "aliases": aliases, "uri": registry.store.uri(
+        f"{registry.prefix}versions/v{version.version}/")}, indent=2))
+
+
+@models_app.command("download")
+def models_download(
+    ref: Annotated[str, typer.Argument(help="NAME:ALIAS or NAME:VERSION.")],
+    to: Annotated[Path, typer.Option("--to", help="Directory; the model lands in DIR/NAME-vN/.")],
+) -> None:
+    """Download a version, verifying every file's sha256 (a tampered file is refused, nothing half-written kept)."""
+    from tasks.storage import StorageError
+
+    try:
+        registry, rest = _registry(ref)
+        folder = registry.download(rest, to)
+    except StorageError as error:
+        _fail(error)
+    typer.echo(str(folder))
+
+
+@models_app.command("promote")
+def models_promote(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION to point the alias at.")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
+) -> None:
+    """Move an alias to a version by hand (compare-and-swap; the version must be complete)."""
+    from tasks.storage import StorageError
+
+    try:
+        registry, rest = _registry(ref)
+        previous = registry.aliases().get(alias)
+        version = registry.set_alias(alias, rest)
+    except StorageError as error:
+        _fail(error)
+    was = f"v{previous}" if previous else "unset"
+    typer.echo(f"{registry.name}: {alias} {was} -> v{version.version}")
+
+
 # --- services, deploy, run (tasks/services.py, tasks/prefect_stack.py) ---
 
 

@@ -242,3 +242,30 @@ def test_registration_while_storage_is_down_then_restarted(tmp_path):
             registry.download(f"v{version.version}", tmp_path / "dl")  # all complete, sha256 verified
     finally:
         server.stop()
+
+
+def test_cli_list_show_promote_download(object_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from tasks.cli import app
+
+    registry = Registry(object_store)
+    for tag in ("a", "b"):
+        registry.register(_weights(tmp_path, tag), _metadata())
+    runner = CliRunner()
+    promoted = runner.invoke(app, ["models", "promote", f"{NAME}:v2", "--alias", "production"])
+    assert promoted.exit_code == 0 and "production unset -> v2" in promoted.output
+    listed = runner.invoke(app, ["models", "list"])
+    assert listed.exit_code == 0 and "2 version(s)" in listed.output and "0.4500" in listed.output
+    assert "production" in listed.output.splitlines()[-1]
+    shown = runner.invoke(app, ["models", "show", f"{NAME}:production"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["version"] == 2
+    downloaded = runner.invoke(app, ["models", "download", f"{NAME}:production", "--to", str(tmp_path / "out")])
+    assert downloaded.exit_code == 0 and Path(downloaded.output.strip()) == tmp_path / "out" / f"{NAME}-v2"
+    key = f"models/{NAME}/versions/v1/weights/best.pt"
+    object_store.put_bytes(key, b"tampered")
+    refused = runner.invoke(app, ["models", "download", f"{NAME}:v1", "--to", str(tmp_path / "out2")])
+    assert refused.exit_code == 1 and "weights/best.pt" in refused.output and "Traceback" not in refused.output
+    assert list((tmp_path / "out2").iterdir()) == []
+    missing = runner.invoke(app, ["models", "show", f"{NAME}:staging"])
+    assert missing.exit_code == 1 and "no alias 'staging'" in missing.output
