@@ -1,6 +1,6 @@
 """A catalogue of generated malformed datasets: each defect yields its own code, file and line.
 
-Every case starts from a small valid dataset (random-noise JPEGs, so no accidental near
+Every case starts from a small valid dataset (distinct random JPEGs, so no accidental near
 duplicates), applies one defect, validates, and looks for the specific finding. Together the
 cases cover every code the validator can emit.
 """
@@ -30,9 +30,11 @@ LAYOUT = {"train": 3, "val": 2, "test": 1}
 
 
 def noise_jpeg(path: Path, seed: int, size: tuple[int, int] = (64, 64), **save) -> Path:
-    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    """Smooth random blobs (upscaled 8x8 noise): photo-like spectra, so phash behaves as on photos."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, **({"format": "JPEG", "quality": 90} | save))
+    image = Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC)
+    image.save(path, **({"format": "JPEG", "quality": 90} | save))
     return path
 
 

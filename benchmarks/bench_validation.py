@@ -1,0 +1,160 @@
+"""Validation speed against anchors measured in the same run.
+
+1. Real dataset: `validate_dataset` (full decode + sha256 + perceptual hash + duplicate search)
+   versus Ultralytics' own scan of the same data: `check_det_dataset` + building the label cache
+   of every split (`YOLODataset(...)`, which runs `cache_labels` and writes `labels.cache`).
+   Both run on one temp copy of the dataset (Ultralytics writes its cache there, never in the
+   real dataset); the caches are deleted before each Ultralytics run so it always scans.
+   Target: ratio <= 1.0.
+2. Label-only path (`check_images=False`) on a generated 100,000-label dataset (images are
+   hard links to one small JPEG), versus the anchor of merely reading the same label files.
+   Target: >= 20,000 label files/s on 2 cores.
+
+Run: .venv/bin/python benchmarks/bench_validation.py [--repeats 5] [--labels 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tasks.settings import configure_environment, real_dataset_dir  # noqa: E402
+
+configure_environment()
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tasks.dataset_validation import validate_dataset  # noqa: E402
+
+
+def ultralytics_scan(data_yaml: Path) -> int:
+    """Ultralytics' dataset check and label-cache build for every split; returns images scanned."""
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    for cache in data_yaml.parent.rglob("*.cache"):
+        cache.unlink()
+    data = check_det_dataset(str(data_yaml))
+    scanned = 0
+    for split in ("train", "val", "test"):
+        if data.get(split):
+            dataset = YOLODataset(img_path=data[split], data=data, augment=False, imgsz=640)
+            scanned += len(dataset.labels)
+    return scanned
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_real(repeats: int) -> dict[str, float]:
+    from ultralytics.utils import LOGGER
+
+    LOGGER.disabled = True  # its per-split progress output is not what we time
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "site-inspection"
+        shutil.copytree(real_dataset_dir(), copy)
+        for path in [copy, *copy.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)  # the source is read-only; the cache must be writable
+        data_yaml = copy / "data.yaml"
+        ultralytics_scan(data_yaml)  # warm-up: imports, page cache
+        report = validate_dataset(data_yaml)
+        ours, theirs = [], []
+        for _ in range(repeats):  # interleaved so machine noise hits both alike
+            theirs += timed(lambda: ultralytics_scan(data_yaml), 1)
+            ours += timed(lambda: validate_dataset(data_yaml), 1)
+    ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
+    groups = report.duplicate_groups
+    print(f"real dataset: {sum(s.images for s in report.splits)} images, {len(groups)} duplicate groups "
+          f"({sum(g.cross_split for g in groups)} cross-split), phash threshold {report.phash_threshold}")
+    print(f"  ultralytics check_det_dataset + label cache: median {theirs_s:.3f} s  {fmt(theirs)}")
+    print(f"  validate_dataset (decode+sha256+phash):      median {ours_s:.3f} s  {fmt(ours)}")
+    print(f"  ratio ours/ultralytics: {ours_s / theirs_s:.2f}  (target <= 1.0)")
+    return {"ours_s": ours_s, "ultralytics_s": theirs_s, "ratio": ours_s / theirs_s}
+
+
+def make_label_dataset(root: Path, n: int) -> Path:
+    rng = np.random.default_rng(0)
+    images, labels = root / "train" / "images", root / "train" / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    rows = rng.integers(1, 7, n)
+    boxes = rng.uniform(0.3, 0.7, (int(rows.sum()), 2))
+    sizes = rng.uniform(0.05, 0.4, (int(rows.sum()), 2))
+    classes = rng.integers(0, 4, int(rows.sum()))
+    k = 0
+    for i in range(n):
+        if i % 50_000 == 0:  # a new source file before ext4's 65,000 hard-link limit
+            source = root / f"source{i}.jpg"
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(source)
+        os.link(source, images / f"{i:06d}.jpg")
+        lines = []
+        for _ in range(rows[i]):
+            lines.append(f"{classes[k]} {boxes[k, 0]:.6f} {boxes[k, 1]:.6f} {sizes[k, 0]:.6f} {sizes[k, 1]:.6f}")
+            k += 1
+        (labels / f"{i:06d}.txt").write_text("\n".join(lines) + "\n")
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "val" / "labels").mkdir(parents=True)
+    os.link(source, root / "val" / "images" / "v.jpg")
+    (root / "val" / "labels" / "v.txt").write_text("2 0.5 0.5 0.2 0.2\n")
+    (root / "data.yaml").write_text(
+        "train: ./train/images\nval: ./val/images\nnc: 4\nnames: [rock_toe, slope_drain, toe_drain, vegetation]\n")
+    return root / "data.yaml"
+
+
+def read_all(folder: Path) -> int:
+    count = 0
+    for entry in os.scandir(folder):
+        with open(entry.path, "rb") as fh:
+            fh.read()
+        count += 1
+    return count
+
+
+def bench_labels(n: int, repeats: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        data_yaml = make_label_dataset(Path(tmp), n)
+        labels = Path(tmp) / "train" / "labels"
+        read_all(labels)  # warm the page cache
+        anchor = timed(lambda: read_all(labels), repeats)
+        ours = timed(lambda: validate_dataset(data_yaml, check_images=False, minority_val_target=0), repeats)
+    files = n + 1  # train + the one val label
+    ours_s, anchor_s = statistics.median(ours), statistics.median(anchor)
+    print(f"label-only: {files} label files, {os.cpu_count()} cores")
+    print(f"  anchor (open+read every label once): median {anchor_s:.3f} s  {fmt(anchor)} "
+          f"= {n / anchor_s:,.0f} files/s")
+    print(f"  validate_dataset(check_images=False): median {ours_s:.3f} s  {fmt(ours)} "
+          f"= {files / ours_s:,.0f} files/s (target >= 20,000)")
+    print(f"  ratio ours per file / anchor per file: {(ours_s / files) / (anchor_s / n):.2f}")
+    return {"files_per_s": files / ours_s, "anchor_files_per_s": n / anchor_s}
+
+
+def fmt(times: list[float]) -> str:
+    return "[" + ", ".join(f"{t:.3f}" for t in times) + "]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--labels", type=int, default=100_000)
+    args = parser.parse_args()
+    bench_real(args.repeats)
+    bench_labels(args.labels, max(1, args.repeats // 2))
+
+
+if __name__ == "__main__":
+    main()
