@@ -20,7 +20,6 @@ byte-identical outputs; rebalancing an output changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -164,7 +163,7 @@ def content_hash(splits: dict[str, list[Path]], names: Sequence[str], _cache: di
     for split, images in sorted(splits.items()):
         canonical["splits"][split] = sorted([digest(i), digest(label_path_for(i))] for i in images)
     payload = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(payload).hexdigest()[:VERSION_ID_LENGTH]
+    return sha256_bytes(payload)[:VERSION_ID_LENGTH]
 
 
 def dataset_version_id(data_yaml: Path) -> str:
