@@ -282,6 +282,9 @@ class Registry:
         """Download a version into ``dest_dir/<name>-v<N>/`` (files + manifest.json) and return
         that directory. Every file is sha256-verified against the manifest; on any failure
         nothing is left in ``dest_dir``. An existing identical download is reused."""
+        name, sep, rest = ref.partition(":")
+        if sep and name != self.name:
+            return Registry(self.store, name).download(rest, dest_dir)
         version = self.get(ref)
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,9 @@ def test_register_show_download_round_trip(object_store, tmp_path):
     assert (folder / "weights/best.pt").read_bytes() == files["weights/best.pt"].read_bytes()
     assert json.loads((folder / "manifest.json").read_text())["version"] == 1
     assert registry.download("production", tmp_path / "dl") == folder  # identical: reused
+    other = Registry(object_store, "other-model")
+    other.register(_weights(tmp_path, "o"), _metadata())
+    assert registry.download("other-model:v1", tmp_path / "dl") == tmp_path / "dl" / "other-model-v1"
 
 
 def test_bad_registrations_and_refs_are_refused(object_store, tmp_path):
