@@ -385,6 +385,13 @@ def _child_main(spec_file: str) -> int:  # pragma: no cover - exercised through 
     import ultralytics.utils.torch_utils as torch_utils
     from ultralytics import YOLO
 
+    import ultralytics.data.dataset as ultralytics_dataset
+
+    # Image lists point into the user's dataset: its labels.cache must not be written there.
+    def _cache_in_memory_only(prefix: str, path: Path, x: dict, version: str) -> None:
+        x["version"] = version  # what the real function adds in place, minus the file write
+
+    ultralytics_dataset.save_dataset_cache_file = _cache_in_memory_only
     # Ultralytics trains on cpu_count-1 threads (1 on a 2-core box); all cores are ~1.75x faster.
     torch_utils.NUM_THREADS = os.cpu_count() or 1
     args = dict(spec["train_args"])

@@ -11,6 +11,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
+from tasks.registry import PromotionRule
+from tasks.selection import SelectionPolicy
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -90,30 +93,6 @@ class TrainArgs(BaseModel):
         return args
 
 
-class SelectionSettings(BaseModel):
-    """How the checkpoint is chosen (see tasks/selection.py)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    policy: Literal["fitness", "mAP50", "class_aware"] = "fitness"
-    class_floors: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description='e.g. {"toe_drain": {"AP50": 0.6}} for class_aware'
-    )
-
-
-class PromotionSettings(BaseModel):
-    """When a new version may replace production (see tasks/registry.py)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: str = "mAP50-95"
-    max_drop: float = Field(0.0, ge=0, description="Allowed drop of `metric` versus production.")
-    class_floors: dict[str, dict[str, float]] = Field(default_factory=dict)
-    absolute_minimums: dict[str, float] = Field(
-        default_factory=dict, description="Overall floors a first model must pass, e.g. {'mAP50': 0.5}"
-    )
-
-
 class RebalanceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -139,8 +118,8 @@ class Recipe(BaseModel):
     train: TrainArgs = Field(default_factory=TrainArgs)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     rebalance: RebalanceSettings = Field(default_factory=RebalanceSettings)
-    selection: SelectionSettings = Field(default_factory=SelectionSettings)
-    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+    selection: SelectionPolicy = Field(default_factory=SelectionPolicy)
+    promotion: PromotionRule = Field(default_factory=PromotionRule)
 
 
 def load_recipe(path_or_name: str | Path) -> Recipe:

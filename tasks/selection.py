@@ -250,54 +250,38 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _split_image_dirs(data_yaml: Path, split: str) -> tuple[dict, list[Path]]:
-    """Dataset dict as Ultralytics resolves it, and the image directories of ``split``."""
-    from ultralytics.data.utils import check_det_dataset
-
-    data = check_det_dataset(str(data_yaml))
-    if not data.get(split):
-        raise ValueError(f"{data_yaml}: no '{split}' split; add `{split}: path/to/{split}/images`")
-    sources = data[split] if isinstance(data[split], list) else [data[split]]
-    dirs = [Path(s) for s in sources]
-    for d in dirs:
-        if not d.is_dir():
-            raise ValueError(
-                f"{data_yaml}: split '{split}' points to {d}, which is not a directory of images "
-                "(image-list .txt files are not supported by the evaluation protocol)"
-            )
-    return data, dirs
-
-
 def _dataset_view(data_yaml: Path, split: str, view: Path) -> Path:
     """A throw-away view of one split: image symlinks and label copies under ``view``.
 
     Ultralytics writes ``labels.cache`` next to the label files; evaluating through this view
-    keeps the user's dataset untouched (and works when it is read-only).
+    keeps the user's dataset untouched (and works when it is read-only). Splits given as
+    directories or as image-list .txt files (the rebalanced versions) are both resolved the
+    way Ultralytics resolves them.
     """
-    from ultralytics.data.utils import IMG_FORMATS, img2label_paths
+    from ultralytics.data.utils import img2label_paths
 
-    data, image_dirs = _split_image_dirs(data_yaml, split)
-    split_dirs = []
-    for i, image_dir in enumerate(image_dirs):
-        target = view / split / str(i) / "images"
-        for image in sorted(image_dir.rglob("*")):
-            if image.suffix[1:].lower() not in IMG_FORMATS:
-                continue
-            link = target / image.relative_to(image_dir)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(image.resolve())
-            label = Path(img2label_paths([str(image)])[0])
-            if label.is_file():
-                view_label = Path(img2label_paths([str(link)])[0])
-                view_label.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(label, view_label)
-        split_dirs.append(str(target))
+    from tasks.dataset_validation import resolve_split_images
+
+    names = yaml.safe_load(Path(data_yaml).read_text()).get("names")
+    images = resolve_split_images(data_yaml).get(split)
+    if not images:
+        raise ValueError(f"{data_yaml}: no '{split}' split; add `{split}: path/to/{split}/images`")
+    target = view / split / "images"
+    target.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(sorted(images)):
+        link = target / f"{i:06d}_{image.name}"  # prefix: lists may hold equal names from two folders
+        link.symlink_to(Path(image).resolve())
+        label = Path(img2label_paths([str(image)])[0])
+        if label.is_file():
+            view_label = Path(img2label_paths([str(link)])[0])
+            view_label.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(label, view_label)
     view_yaml = view / "data.yaml"
     # Ultralytics requires train and val keys; they point at the evaluated split (unused).
-    entries = split_dirs if len(split_dirs) > 1 else split_dirs[0]
+    entries = str(target)
     view_yaml.write_text(
         yaml.safe_dump(
-            {"path": str(view), "train": entries, "val": entries, split: entries, "names": data["names"]},
+            {"path": str(view), "train": entries, "val": entries, split: entries, "names": names},
             sort_keys=False,
         )
     )
