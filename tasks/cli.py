@@ -204,5 +204,108 @@ def models_promote(
 # --- services, deploy, run (tasks/services.py, tasks/prefect_stack.py) ---
 
 
+def _stack(ui: bool = True):
+    from tasks.prefect_stack import LocalStack
+
+    return LocalStack(ui=ui)
+
+
+@app.command("up")
+def up(deploy: Annotated[bool, typer.Option(help="Also create the pool and apply prefect.yaml.")] = True) -> None:
+    """Start the local stack: SeaweedFS (S3), Prefect server + UI, process pool, deployments, worker."""
+    stack = _stack()
+    stack.up(deploy=deploy)
+    _print_status(stack)
+    typer.echo(f"\nexport PREFECT_API_URL={stack.server.api_url}  # to use the prefect CLI against it")
+
+
+@app.command("down")
+def down() -> None:
+    """Stop everything `up` started (idempotent). Data stays in the state dir."""
+    stack = _stack()
+    stack.down()
+    typer.echo(f"stopped; state kept in {stack.state}")
+
+
+@app.command("status")
+def status() -> None:
+    """What is running, where, and where state lives."""
+    _print_status(_stack())
+
+
+def _print_status(stack) -> None:
+    import json
+
+    typer.echo(json.dumps(stack.status(), indent=2))
+
+
+@app.command("deploy")
+def deploy() -> None:
+    """Work pool + deployments from prefect.yaml against PREFECT_API_URL (local server if unset)."""
+    import os
+
+    from tasks.prefect_stack import LocalStack, run_prefect
+
+    stack = LocalStack()
+    if os.environ.get("PREFECT_API_URL"):  # a remote server or Prefect Cloud: don't start ours
+        env = {**os.environ, **configure_environment(), "PHASE2_WORK_POOL": stack.pool,
+               "PHASE2_PROJECT_DIR": str(Path(__file__).resolve().parent.parent)}
+        run_prefect(["work-pool", "create", stack.pool, "--type", "process", "--overwrite"], env)
+        run_prefect(["deploy", "--all"], env, timeout=600)
+    else:
+        stack.up()
+    typer.echo(f"deployments applied; start a worker with: prefect worker start --pool {stack.pool}")
+
+
+@app.command("lint")
+def lint(recipe: Annotated[str, typer.Argument(help="Recipe name in configs/ or a path.")],
+         native: Annotated[Optional[int], typer.Option(help="Largest native image side, px.")] = None) -> None:
+    """Recipe settings that silently do something else than intended."""
+    from tasks.recipe import RecipeError, lint_recipe, load_recipe
+
+    try:
+        warnings = lint_recipe(load_recipe(recipe), native_imgsz=native)
+    except RecipeError as error:
+        _fail(error)
+    for w in warnings:
+        typer.echo(f"{w.code}  {w.field}: {w.message}")
+    if not warnings:
+        typer.echo("no findings")
+
+
+@app.command("run")
+def run(
+    data: Annotated[Optional[Path], typer.Option(help="data.yaml; default: a generated synthetic demo set.")] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="Start weights (path, s3:// or registry ref); "
+                                                         "default: a from-scratch baseline trained on the demo set.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Recipe name or path (default phase2-demo without "
+                                                       "--data, phase2-seed with it).")] = None,
+    keep_up: Annotated[bool, typer.Option(help="Leave the local stack running afterwards.")] = False,
+    timeout: Annotated[int, typer.Option(help="Seconds to wait for the flow run.")] = 6 * 3600,
+) -> None:
+    """Start the stack, run `prefect deployment run phase2/train --watch`, print where results are."""
+    from tasks.demo import prepare_demo, trigger_training
+
+    if data is None:
+        data, demo_baseline = prepare_demo()
+        baseline = baseline or str(demo_baseline)
+        recipe = recipe or "phase2-demo"
+    if baseline is None:
+        typer.echo("error: --baseline is required with --data (weights to fine-tune from)", err=True)
+        raise typer.Exit(2)
+    stack = _stack(ui=False)
+    try:
+        env = stack.up()
+        summary = trigger_training(env, data=Path(data).resolve(), baseline=baseline,
+                                   recipe=recipe or "phase2-seed", timeout=timeout)
+    finally:
+        if not keep_up:
+            stack.down()
+    typer.echo("\n".join(f"{k:>16}: {v}" for k, v in summary.items()))
+    if summary.get("state") != "COMPLETED":
+        raise typer.Exit(1)
+
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

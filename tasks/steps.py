@@ -410,8 +410,12 @@ def finish_run(ctx: RunContext, summary: dict[str, Any]) -> dict[str, Any]:
     wandb_path = finish_tracker(ctx)
     summary = {**summary, "wandb_run": wandb_path, "s3_prefix": object_store().uri(ctx.s3_prefix)}
     _markdown(ctx, "run-summary", "\n".join(f"- **{k}**: {v}" for k, v in summary.items()), "Phase 2 run summary")
-    out = ctx.work_dir / "summary.json"
-    out.write_text(json.dumps(summary, indent=2, default=str))
+    text = json.dumps(summary, indent=2, default=str)
+    (ctx.work_dir / "summary.json").write_text(text)
+    if ctx.flow_run_id:  # `phase2 run` finds the summary of the flow run it triggered here
+        by_run = state_dir() / "pipeline" / "flow-runs"
+        by_run.mkdir(parents=True, exist_ok=True)
+        (by_run / f"{ctx.flow_run_id}.json").write_text(text)
     return summary
 
 

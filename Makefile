@@ -1,0 +1,46 @@
+# Two commands do everything: `make run` (the pipeline) and `make test` (the tests).
+# Each creates or refreshes .venv from pyproject.toml first; nothing is installed by hand.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export PHASE2_STATE_DIR ?= $(CURDIR)/.phase2
+
+.PHONY: venv run test test-all up down status deploy lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## make run [DATA=path/to/data.yaml BASELINE=path/to/best.pt RECIPE=phase2-seed]
+run: venv
+	$(BIN)/phase2 run $(if $(DATA),--data $(DATA)) $(if $(BASELINE),--baseline $(BASELINE)) $(if $(RECIPE),--recipe $(RECIPE))
+
+## the fast suite (CI); `make test-all` adds the slow, marked tests
+test: venv
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+up: venv
+	$(BIN)/phase2 up
+
+down: venv
+	$(BIN)/phase2 down
+
+status: venv
+	$(BIN)/phase2 status
+
+deploy: venv
+	$(BIN)/phase2 deploy
+
+lint: venv
+	$(BIN)/phase2 lint $(or $(RECIPE),phase2-seed)
+
+clean: down
+	rm -rf $(PHASE2_STATE_DIR)
