@@ -16,7 +16,7 @@ import io
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,6 +36,7 @@ IMG_FORMATS = frozenset(
     {"avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm"}
 )
 SPLITS = ("train", "val", "test")
+PHASH_SIDE = 32  # imagehash.phash: hash_size 8 x highfreq_factor 4
 MODEL_STRIDE = 32  # largest YOLO11 stride: imgsz must be a multiple of it
 COORD_TOLERANCE = 0.01  # Ultralytics accepts normalised coordinates up to 1.01
 MIN_IMAGE_SIDE = 10  # Ultralytics rejects images below 10 px
@@ -517,6 +518,7 @@ class _ImageResult:
     format: str | None = None
     sha256: str | None = None
     phash: int | None = None
+    thumbnail: np.ndarray | None = None  # 32x32 grey, imagehash.phash's input; hashed in one batch
     findings: list[Finding] = field(default_factory=list)
 
 
@@ -531,9 +533,7 @@ def _pil_open():
 
 
 def _inspect_image(path: str, root: Path | None) -> _ImageResult:
-    """Read once: sha256 of the bytes, decode all image data, perceptual hash of the decoded pixels."""
-    import imagehash
-
+    """Read once: sha256 of the bytes, decode all image data, keep the 32x32 thumbnail phash needs."""
     result = _ImageResult()
     add = result.findings.append
     if root is not None:
@@ -602,10 +602,39 @@ def _inspect_image(path: str, root: Path | None) -> _ImageResult:
     if im.format in {"JPEG", "MPO"} and not data.endswith(b"\xff\xd9"):
         add(_finding("IMG_JPEG_NO_EOI", path, "JPEG lacks its end-of-image marker"))
     try:
-        result.phash = int(str(imagehash.phash(im)), 16)
+        result.thumbnail = np.asarray(im.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS))
     except Exception as e:  # noqa: BLE001
         add(_finding("IMG_CORRUPT", path, f"pixels unusable for hashing: {e}"))
     return result
+
+
+def _phash_batch(thumbnails: np.ndarray) -> list[int]:
+    """imagehash.phash (8x8 low frequencies of the 32x32 DCT above their median) for N images at once:
+    one vectorised DCT instead of N Python-level calls. Bit-identical to imagehash (tested)."""
+    from scipy.fftpack import dct
+
+    low = dct(dct(thumbnails.astype(np.float64), axis=1), axis=2)[:, :8, :8].reshape(len(thumbnails), 64)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return [int.from_bytes(row.tobytes(), "big") for row in np.packbits(bits, axis=1)]
+
+
+def _inspect_images(paths: list[str], root: Path | None, pool: ThreadPoolExecutor) -> Callable[[], list[_ImageResult]]:
+    """Start inspecting `paths` in `pool` (a few large chunks: less GIL traffic than one task per image);
+    returns a function that waits for the results and adds their perceptual hashes."""
+    n_chunks = 4 * (os.cpu_count() or 1)
+    size = max(1, math.ceil(len(paths) / n_chunks))
+    futures = [pool.submit(lambda chunk: [_inspect_image(p, root) for p in chunk], paths[i:i + size])
+               for i in range(0, len(paths), size)]
+
+    def collect() -> list[_ImageResult]:
+        results = [r for f in futures for r in f.result()]
+        hashed = [r for r in results if r.thumbnail is not None]
+        if hashed:
+            for r, code in zip(hashed, _phash_batch(np.stack([r.thumbnail for r in hashed]))):
+                r.phash, r.thumbnail = code, None
+        return results
+
+    return collect
 
 
 # --------------------------------------------------------------------------- labels
@@ -726,8 +755,8 @@ def convert_segment_labels(label_file: Path, out_file: Path) -> int:
 
 def _hash_images(images: dict[str, list[Path]]) -> dict[Path, _ImageResult]:
     paths = sorted({p for ps in images.values() for p in ps})
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return dict(zip(paths, pool.map(lambda p: _inspect_image(str(p), None), paths)))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(paths, _inspect_images([str(p) for p in paths], None, pool)()))
 
 
 def find_duplicate_groups(images: dict[str, list[Path]], phash_threshold: int = 4,
@@ -811,8 +840,8 @@ def validate_dataset(
 
     all_paths = sorted({p for ps in images.values() for p in ps})
     image_results: dict[str, _ImageResult] = {}
-    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) if check_images and all_paths else None
-    futures = pool.map(lambda p: _inspect_image(p, config.root), all_paths) if pool else None
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1) if check_images and all_paths else None
+    collect_images = _inspect_images(all_paths, config.root, pool) if pool else None
     # Labels are parsed in this thread while the pool decodes images (JPEG decoding releases the GIL).
     file_rows, box_rows = [], []
     label_results: dict[tuple[str, str], _LabelResult] = {}
@@ -825,7 +854,7 @@ def validate_dataset(
             findings.extend(result.findings)
             box_rows += result.boxes
     if pool:
-        image_results = dict(zip(all_paths, futures))
+        image_results = dict(zip(all_paths, collect_images()))
         pool.shutdown()
         for result in image_results.values():
             findings.extend(result.findings)

@@ -219,3 +219,19 @@ def test_cli_exit_codes_and_json(tmp_path, real_dataset):
     payload = json.loads(bad.output)
     assert any(f["code"] == "DUP_CROSS_SPLIT" for f in payload["findings"])
     assert (tmp_path / "o" / "files.csv").is_file()
+
+
+def test_batched_phash_is_imagehash_phash(real_dataset):
+    import imagehash
+    import numpy as np
+
+    from tasks.dataset_validation import PHASH_SIDE, _phash_batch
+
+    images = sorted((real_dataset / "train" / "images").iterdir())[:40]
+    thumbs, expected = [], []
+    for path in images:
+        with Image.open(path) as im:
+            im.draft("L", (PHASH_SIDE, PHASH_SIDE))
+            thumbs.append(np.asarray(im.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)))
+            expected.append(int(str(imagehash.phash(im)), 16))
+    assert _phash_batch(np.stack(thumbs)) == expected
