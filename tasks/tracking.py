@@ -64,6 +64,12 @@ class Tracker:
             reinit="create_new",
         )
 
+        # Per-epoch charts use epoch as their x axis; images and tables logged by other stages
+        # advance W&B's own step, so epochs can't be logged with step=epoch.
+        self.run.define_metric("epoch")
+        for prefix in ("train/*", "val/*", "metrics/*", "lr/*"):
+            self.run.define_metric(prefix, step_metric="epoch")
+
     @property
     def offline(self) -> bool:
         return bool(self.run.settings._offline)
@@ -83,9 +89,8 @@ class Tracker:
         self.run.log(metrics, step=step)
 
     def log_epoch(self, row: dict[str, Any]) -> None:
-        """One results.csv row as one history row, stepped by epoch so resumes don't duplicate."""
-        epoch = int(float(row["epoch"]))
-        self.run.log({"epoch": epoch, **results_row_to_metrics(row)}, step=epoch)
+        """One results.csv row as one history row (x axis: epoch)."""
+        self.run.log({"epoch": int(float(row["epoch"])), **results_row_to_metrics(row)})
 
     def log_table(self, key: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
