@@ -13,8 +13,10 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import json
 import math
 import os
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -278,7 +280,7 @@ def _md(text: str) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # unique: writers may race
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -519,6 +521,7 @@ class _ImageResult:
     sha256: str | None = None
     phash: int | None = None
     thumbnail: np.ndarray | None = None  # 32x32 grey, imagehash.phash's input; hashed in one batch
+    new_facts: dict | None = None  # decoded this run (not from the cache): to be cached once hashed
     findings: list[Finding] = field(default_factory=list)
 
 
@@ -532,8 +535,8 @@ def _pil_open():
     return patches._image_open
 
 
-def _inspect_image(path: str, root: Path | None) -> _ImageResult:
-    """Read once: sha256 of the bytes, decode all image data, keep the 32x32 thumbnail phash needs."""
+def _inspect_image(path: str, root: Path | None, known: dict[str, dict] | None = None) -> _ImageResult:
+    """Read once: sha256 of the bytes; decode facts from `known` (by content hash) or by decoding."""
     result = _ImageResult()
     add = result.findings.append
     if root is not None:
@@ -555,29 +558,44 @@ def _inspect_image(path: str, root: Path | None) -> _ImageResult:
         add(_finding("IMG_EMPTY", path, "zero-byte file"))
         return result
     result.sha256 = hashlib.sha256(data).hexdigest()
+    facts = (known or {}).get(result.sha256)
+    if facts is None:
+        facts, result.thumbnail = _decode(data)
+        result.new_facts = facts
+    result.format, result.width, result.height, result.phash = (
+        facts["format"], facts["width"], facts["height"], facts["phash"])
+    result.findings += [_finding(code, path, message) for code, message in facts["problems"]]
+    ext = path.rpartition(".")[-1].lower()
+    if facts["format"] and ext not in PIL_FORMAT_EXTENSIONS.get(facts["format"], {ext}):
+        add(_finding("IMG_EXT_MISMATCH", path, f"extension .{ext} but content is {facts['format']}"))
+    return result
+
+
+def _decode(data: bytes) -> tuple[dict, np.ndarray | None]:
+    """What the bytes alone determine (format, EXIF-corrected size, problems as (code, message)),
+    plus the 32x32 grey thumbnail phash needs. A pure function of the content: cacheable by sha256."""
+    problems: list[tuple[str, str]] = []
+    facts = {"format": None, "width": None, "height": None, "phash": None, "problems": problems}
     try:
         im = _pil_open()(io.BytesIO(data))
     except UnidentifiedImageError:
-        add(_finding("IMG_NOT_IMAGE", path, "not an image (unrecognised content)"))
-        return result
+        problems.append(("IMG_NOT_IMAGE", "not an image (unrecognised content)"))
+        return facts, None
     except Image.DecompressionBombError as e:
-        add(_finding("IMG_DECOMPRESSION_BOMB", path, str(e)))
-        return result
+        problems.append(("IMG_DECOMPRESSION_BOMB", str(e)))
+        return facts, None
     except Exception as e:  # noqa: BLE001 - any decoder failure is a finding, never a crash
-        add(_finding("IMG_CORRUPT", path, f"header unreadable: {e}"))
-        return result
-    result.format = im.format
+        problems.append(("IMG_CORRUPT", f"header unreadable: {e}"))
+        return facts, None
+    facts["format"] = im.format
     width, height = im.size
     if (im.format or "").lower() not in IMG_FORMATS | {"jpeg2000"}:
-        add(_finding("IMG_FORMAT", path, f"format {im.format} is not one Ultralytics accepts"))
-        return result
+        problems.append(("IMG_FORMAT", f"format {im.format} is not one Ultralytics accepts"))
+        return facts, None
     if width * height > MAX_IMAGE_PIXELS:
-        add(_finding("IMG_DECOMPRESSION_BOMB", path, f"{width}x{height} = {width * height} px exceeds "
-                     f"{MAX_IMAGE_PIXELS} px"))
-        return result
-    ext = path.rpartition(".")[-1].lower()
-    if ext not in PIL_FORMAT_EXTENSIONS.get(im.format or "", {ext}):
-        add(_finding("IMG_EXT_MISMATCH", path, f"extension .{ext} but content is {im.format}"))
+        problems.append(("IMG_DECOMPRESSION_BOMB", f"{width}x{height} = {width * height} px exceeds "
+                         f"{MAX_IMAGE_PIXELS} px"))
+        return facts, None
     try:
         orientation = im.getexif().get(274)
     except Exception:  # noqa: BLE001 - a broken EXIF block is not fatal for training
@@ -585,27 +603,28 @@ def _inspect_image(path: str, root: Path | None) -> _ImageResult:
     if orientation in {5, 6, 7, 8}:  # rotated 90/270: Ultralytics swaps width and height
         width, height = height, width
     if orientation not in (None, 1):
-        add(_finding("IMG_EXIF_ORIENTATION", path, f"EXIF orientation {orientation}: Ultralytics rotates the "
-                     "image when loading"))
-    result.width, result.height = width, height
+        problems.append(("IMG_EXIF_ORIENTATION", f"EXIF orientation {orientation}: Ultralytics rotates the "
+                         "image when loading"))
+    facts["width"], facts["height"] = width, height
     if im.format == "JPEG":
         # Decode every byte of the entropy-coded data (truncation and corruption surface exactly as
         # in a full decode) but skip the full-size IDCT: 4x faster, and phash only needs 32x32.
-        im.draft("L", (32, 32))
+        im.draft("L", (PHASH_SIDE, PHASH_SIDE))
     try:
         im.load()
     except Exception as e:  # noqa: BLE001
-        add(_finding("IMG_CORRUPT", path, f"does not decode completely: {e}"))
-        return result
+        problems.append(("IMG_CORRUPT", f"does not decode completely: {e}"))
+        return facts, None
     if min(width, height) < MIN_IMAGE_SIDE:
-        add(_finding("IMG_TOO_SMALL", path, f"{width}x{height} is below {MIN_IMAGE_SIDE} px"))
+        problems.append(("IMG_TOO_SMALL", f"{width}x{height} is below {MIN_IMAGE_SIDE} px"))
     if im.format in {"JPEG", "MPO"} and not data.endswith(b"\xff\xd9"):
-        add(_finding("IMG_JPEG_NO_EOI", path, "JPEG lacks its end-of-image marker"))
+        problems.append(("IMG_JPEG_NO_EOI", "JPEG lacks its end-of-image marker"))
     try:
-        result.thumbnail = np.asarray(im.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS))
+        thumbnail = np.asarray(im.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS))
     except Exception as e:  # noqa: BLE001
-        add(_finding("IMG_CORRUPT", path, f"pixels unusable for hashing: {e}"))
-    return result
+        problems.append(("IMG_CORRUPT", f"pixels unusable for hashing: {e}"))
+        return facts, None
+    return facts, thumbnail
 
 
 def _phash_batch(thumbnails: np.ndarray) -> list[int]:
@@ -618,12 +637,13 @@ def _phash_batch(thumbnails: np.ndarray) -> list[int]:
     return [int.from_bytes(row.tobytes(), "big") for row in np.packbits(bits, axis=1)]
 
 
-def _inspect_images(paths: list[str], root: Path | None, pool: ThreadPoolExecutor) -> Callable[[], list[_ImageResult]]:
+def _inspect_images(paths: list[str], root: Path | None, pool: ThreadPoolExecutor,
+                    known: dict[str, dict] | None = None) -> Callable[[], list[_ImageResult]]:
     """Start inspecting `paths` in `pool` (a few large chunks: less GIL traffic than one task per image);
     returns a function that waits for the results and adds their perceptual hashes."""
     n_chunks = 4 * (os.cpu_count() or 1)
     size = max(1, math.ceil(len(paths) / n_chunks))
-    futures = [pool.submit(lambda chunk: [_inspect_image(p, root) for p in chunk], paths[i:i + size])
+    futures = [pool.submit(lambda chunk: [_inspect_image(p, root, known) for p in chunk], paths[i:i + size])
                for i in range(0, len(paths), size)]
 
     def collect() -> list[_ImageResult]:
@@ -631,7 +651,7 @@ def _inspect_images(paths: list[str], root: Path | None, pool: ThreadPoolExecuto
         hashed = [r for r in results if r.thumbnail is not None]
         if hashed:
             for r, code in zip(hashed, _phash_batch(np.stack([r.thumbnail for r in hashed]))):
-                r.phash, r.thumbnail = code, None
+                r.phash, r.new_facts["phash"], r.thumbnail = code, code, None
         return results
 
     return collect
@@ -806,6 +826,27 @@ def find_duplicate_groups(images: dict[str, list[Path]], phash_threshold: int = 
 
 # --------------------------------------------------------------------------- the whole check
 
+class _FactsCache:
+    """{sha256: decode facts} in one JSON file; content-keyed, so it can never be stale. The file name
+    carries the format version and Pillow's version (a new decoder may judge bytes differently)."""
+
+    def __init__(self, cache_dir: Path):
+        import PIL
+
+        self.path = Path(cache_dir) / f"image-facts-v1-pillow{PIL.__version__}.json"
+        try:
+            self.facts: dict[str, dict] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.facts = {}
+
+    def save(self, new: list[_ImageResult]) -> None:
+        if not new:
+            return
+        self.facts.update({r.sha256: r.new_facts for r in new})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(self.path, json.dumps(self.facts))
+
+
 _FILE_COLUMNS = ("split", "image", "label", "label_state", "width", "height", "format", "sha256", "phash",
                  "instances", "codes")
 _BOX_COLUMNS = ("split", "image", "label", "line", "cls", "cx", "cy", "w", "h")
@@ -821,10 +862,13 @@ def validate_dataset(
     minority_val_target: int = 18,
     expected_names: Sequence[str] = CLASS_NAMES,
     check_images: bool = True,
+    cache_dir: Path | None = None,
 ) -> ValidationReport:
     """Validate data.yaml, images, labels, duplicates and statistics; never writes in the dataset.
 
     `check_images=False` is the label-only path: no decoding, hashing or duplicate search.
+    `cache_dir` (e.g. the state dir, never the dataset) keeps each image's decode results keyed by
+    its content sha256, so a re-run reads and hashes every image but decodes only new content.
     """
     data_yaml = Path(data_yaml)
     try:
@@ -841,7 +885,8 @@ def validate_dataset(
     all_paths = sorted({p for ps in images.values() for p in ps})
     image_results: dict[str, _ImageResult] = {}
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1) if check_images and all_paths else None
-    collect_images = _inspect_images(all_paths, config.root, pool) if pool else None
+    cache = _FactsCache(cache_dir) if cache_dir is not None and pool else None
+    collect_images = _inspect_images(all_paths, config.root, pool, cache.facts if cache else None) if pool else None
     # Labels are parsed in this thread while the pool decodes images (JPEG decoding releases the GIL).
     file_rows, box_rows = [], []
     label_results: dict[tuple[str, str], _LabelResult] = {}
@@ -855,6 +900,8 @@ def validate_dataset(
             box_rows += result.boxes
     if pool:
         image_results = dict(zip(all_paths, collect_images()))
+        if cache:
+            cache.save([r for r in image_results.values() if r.new_facts is not None])
         pool.shutdown()
         for result in image_results.values():
             findings.extend(result.findings)

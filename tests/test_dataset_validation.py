@@ -235,3 +235,19 @@ def test_batched_phash_is_imagehash_phash(real_dataset):
             thumbs.append(np.asarray(im.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)))
             expected.append(int(str(imagehash.phash(im)), 16))
     assert _phash_batch(np.stack(thumbs)) == expected
+
+
+def test_decode_cache_is_keyed_by_content(tmp_path):
+    root = tmp_path / "ds"
+    make_dataset(root)
+    cache = tmp_path / "cache"
+    cold = validate_dataset(root / "data.yaml", imgsz=64, minority_val_target=0, cache_dir=cache)
+    warm = validate_dataset(root / "data.yaml", imgsz=64, minority_val_target=0, cache_dir=cache)
+    assert len(list(cache.glob("image-facts-*.json"))) == 1
+    assert warm.findings == cold.findings == []
+    assert warm.files_table().equals(cold.files_table())
+
+    image = root / "train" / "images" / "train1.jpg"
+    image.write_bytes(image.read_bytes()[:400])  # new content: decoded afresh, not served from the cache
+    changed = validate_dataset(root / "data.yaml", imgsz=64, minority_val_target=0, cache_dir=cache)
+    assert [(f.code, f.file) for f in changed.errors()] == [("IMG_CORRUPT", str(image))]
