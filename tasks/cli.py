@@ -37,8 +37,10 @@ def validate(
 ) -> None:
     """Validate a YOLO dataset (read-only); exit 1 when it has errors."""
     from tasks.dataset_validation import validate_dataset
+    from tasks.settings import state_dir
 
-    report = validate_dataset(data_yaml, imgsz=imgsz, phash_threshold=phash_threshold)
+    report = validate_dataset(data_yaml, imgsz=imgsz, phash_threshold=phash_threshold,
+                              cache_dir=state_dir() / "validation-cache")
     if out is not None:
         report.write(out)
     typer.echo(report.model_dump_json(indent=2) if as_json else report.summary_markdown())
