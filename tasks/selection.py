@@ -11,7 +11,6 @@ Ultralytics is imported inside functions: call ``tasks.settings.configure_enviro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -23,6 +22,8 @@ from typing import Any, Literal
 import pandas as pd
 import yaml
 from pydantic import BaseModel, Field, model_validator
+
+from tasks.hashing import sha256_file
 
 # results.csv column -> our metric name; higher is better for all of them.
 METRIC_COLUMNS = {
@@ -240,14 +241,6 @@ class EvalResult(BaseModel):
 
     def per_class_table(self) -> pd.DataFrame:
         return pd.read_csv(self.per_class_csv)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dataset_view(data_yaml: Path, split: str, view: Path) -> Path:

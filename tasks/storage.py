@@ -28,6 +28,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
+from tasks.hashing import sha256_file
 from tasks.settings import S3Settings
 
 SHA256_METADATA = "sha256"
@@ -52,14 +53,6 @@ class ObjectNotFound(StorageError):
 
 class IntegrityError(StorageError):
     """Bytes read back do not match the sha256 they were stored or registered with."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_uri(uri: str) -> tuple[str, str]:
