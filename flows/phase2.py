@@ -12,12 +12,14 @@ from prefect import flow, runtime
 from pydantic import Field
 from typing_extensions import Annotated
 
-from tasks import steps
+from tasks import notifications, steps
 from tasks.recipe import Recipe
 from tasks.settings import DEFAULT_MODEL_NAME
 
 
-@flow(name="phase2", log_prints=True, persist_result=False)
+# Webhook messages on failure, crash and promotion (tasks/notifications.py; URL from config).
+@flow(name="phase2", log_prints=True, persist_result=False, on_failure=[notifications.flow_run_hook],
+      on_crashed=[notifications.flow_run_hook], on_completion=[notifications.flow_run_hook])
 def phase2(
     data: Annotated[str, Field(description="Path to the dataset's data.yaml (never modified).")],
     baseline: Annotated[str, Field(description="Start weights: local .pt, s3:// URI, or registry "

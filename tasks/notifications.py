@@ -1,0 +1,138 @@
+"""Webhook notifications: a flow run failed or crashed, or a model was promoted.
+
+The webhook URL is configuration, never a flow parameter: ``$PHASE2_NOTIFY_WEBHOOK``, else the
+Prefect Secret block ``phase2-notify-webhook`` (read when a message is sent, so a running worker
+picks up a new URL without a restart; Slack/Teams URLs carry a token, hence a Secret). Messages
+are JSON and never carry credentials: every known secret value is masked in the text.
+
+Prefect state hooks (``on_failure``, ``on_crashed``, ``on_completion``) call
+:func:`flow_run_hook`; a failing webhook is logged and never fails the flow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import urllib.request
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+WEBHOOK_ENV = "PHASE2_NOTIFY_WEBHOOK"
+WEBHOOK_SECRET_BLOCK = "phase2-notify-webhook"
+TIMEOUT_S = 10
+# Flow parameters worth showing in a message (paths and names; credentials are never parameters).
+_SHOWN_PARAMETERS = ("data", "baseline", "recipe_name", "model_name", "run_name", "skip_if_unchanged")
+_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|WEBHOOK", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
+
+Event = Literal["failed", "crashed", "promoted"]
+log = logging.getLogger("phase2.notifications")
+
+
+class Notification(BaseModel):
+    """The JSON body POSTed to the webhook."""
+
+    event: Event
+    text: str
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    deployment_id: str | None = None
+    state: str | None = None
+    message: str | None = None
+    parameters: dict[str, Any] = {}
+    model: str | None = None
+    ui_url: str | None = None
+
+
+def secret_values() -> list[str]:
+    """Values that must never appear in a message: env vars named like credentials."""
+    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 4}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    for value in secret_values():
+        text = text.replace(value, "***")
+    return _URL_CREDENTIALS.sub("***@", text)
+
+
+def webhook_url() -> str | None:
+    """$PHASE2_NOTIFY_WEBHOOK, else the Secret block `phase2-notify-webhook`, else None."""
+    if url := os.environ.get(WEBHOOK_ENV):
+        return url
+    from prefect.blocks.system import Secret
+
+    try:
+        return str(Secret.load(WEBHOOK_SECRET_BLOCK, _sync=True).get())
+    except (ValueError, RuntimeError) as exc:  # block missing, or no API to ask
+        log.debug("no webhook configured (%s)", type(exc).__name__)
+        return None
+
+
+def send(notification: Notification, url: str | None = None) -> bool:
+    """POST the notification as JSON; False (logged, URL not shown) when it could not be sent."""
+    url = url or webhook_url()
+    if not url:
+        return False
+    body = redact(notification.model_dump_json()).encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            return 200 <= response.status < 300
+    except OSError as exc:
+        log.warning("webhook notification %s not delivered: %s", notification.event, redact(str(exc)))
+        return False
+
+
+def _ui_url(flow_run_id: str) -> str | None:
+    from prefect.settings import PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value()
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
+
+
+def flow_run_notification(event: Event, flow_run: Any, state: Any, model: str | None = None) -> Notification:
+    """A message about a Prefect flow run (client FlowRun) in `state`."""
+    run_id = str(flow_run.id)
+    name = getattr(flow_run, "name", None)
+    parameters = {k: v for k, v in (getattr(flow_run, "parameters", None) or {}).items() if k in _SHOWN_PARAMETERS}
+    what = {"failed": "failed", "crashed": "crashed", "promoted": f"promoted {model} to production"}[event]
+    return Notification(
+        event=event,
+        text=f"phase2 run {name or run_id} {what}",
+        flow_run_id=run_id,
+        flow_run_name=name,
+        deployment_id=str(flow_run.deployment_id) if getattr(flow_run, "deployment_id", None) else None,
+        state=state.type.value if state is not None else None,
+        message=(state.message or "")[:2000] if state is not None else None,
+        parameters=parameters,
+        model=model,
+        ui_url=_ui_url(run_id),
+    )
+
+
+def promoted_model(state: Any) -> str | None:
+    """The registry ref the flow promoted, from a Completed phase2 state's result."""
+    try:
+        result = state.result(raise_on_failure=False)
+    except Exception as exc:  # the result was not kept: nothing to announce
+        log.warning("flow result unreadable (%s); no promotion message", type(exc).__name__)
+        return None
+    if isinstance(result, dict) and result.get("promoted"):
+        return result.get("model")
+    return None
+
+
+def flow_run_hook(flow: Any, flow_run: Any, state: Any) -> None:
+    """Prefect state hook for on_failure, on_crashed and on_completion."""
+    if state.is_completed():
+        model = promoted_model(state)
+        if model:
+            send(flow_run_notification("promoted", flow_run, state, model=model))
+        return
+    event: Event = "crashed" if state.is_crashed() else "failed"
+    send(flow_run_notification(event, flow_run, state))
