@@ -308,6 +308,22 @@ def run(
         raise typer.Exit(1)
 
 
+# --- worker-death recovery (tasks/recovery.py) ---
+
+
+@app.command("recover")
+def recover(dry_run: Annotated[bool, typer.Option(help="Only list the orphaned runs.")] = False) -> None:
+    """Mark phase2 runs whose worker/flow-run process died as Crashed, freeing the concurrency slot."""
+    from tasks.recovery import recover_orphaned_runs
+
+    orphans = recover_orphaned_runs(dry_run=dry_run)
+    for orphan in orphans:
+        typer.echo(f"{'orphaned' if dry_run else 'crashed'}: {orphan.name} ({orphan.id}) "
+                   f"was {orphan.state}, pid {orphan.infrastructure_pid} gone")
+    if not orphans:
+        typer.echo("no orphaned runs")
+
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

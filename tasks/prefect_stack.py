@@ -138,6 +138,8 @@ class PrefectServer(_Managed):
             if not self.is_running():
                 env = {**os.environ, **configure_environment(self.state)}
                 env.pop("PREFECT_API_URL", None)
+                # A queued run re-checks the deployment's concurrency slot every N s (default 30).
+                env.setdefault("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", "5")
                 command = [_prefect_bin(), "server", "start", "--host", "127.0.0.1",
                            "--port", str(self.requested_port)]
                 if not self.ui:

@@ -220,6 +220,9 @@ def validate_dataset(data: str, ctx: RunContext) -> ValidationOutput:
 @task(name="rebalance_validation", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
 def rebalance_validation(data: str, validation: ValidationOutput, ctx: RunContext) -> DatasetVersion:
     from tasks.rebalance import dataset_version_id, rebalance_validation as run_rebalance
+    from tasks.recovery import fail_once_if_injected
+
+    fail_once_if_injected()  # test-only: exercises the retry path (Prefect Variable phase2_faults)
 
     settings = ctx.recipe.rebalance
     if not settings.enabled:
