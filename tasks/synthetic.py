@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import yaml
 from PIL import Image, ImageDraw
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.settings import CLASS_NAMES
+from tasks.settings import CLASS_NAMES, PROJECT_ROOT
 
 ROCK_TOE, SLOPE_DRAIN, TOE_DRAIN, VEGETATION = range(len(CLASS_NAMES))
 SPLITS = ("train", "val", "test")
@@ -43,6 +43,8 @@ class DemoSettings(BaseModel):
     `baseline` and `finetune` are Ultralytics train() arguments (besides data/model/project).
     """
 
+    model_config = ConfigDict(extra="forbid")
+
     seed: int = 0
     n_train: int
     n_val: int
@@ -54,15 +56,8 @@ class DemoSettings(BaseModel):
     finetune: dict[str, Any]
 
 
-DEMO_SETTINGS = DemoSettings(
-    n_train=160,
-    n_val=40,
-    n_test=20,
-    imgsz=160,
-    toe_drain_train_fraction=0.2,
-    baseline=dict(epochs=30, batch=16, optimizer="AdamW", lr0=0.002, mosaic=0.5, close_mosaic=5),
-    finetune=dict(epochs=10, batch=16, optimizer="AdamW", lr0=0.0005, mosaic=0.2),
-)
+DEMO_SETTINGS_FILE = PROJECT_ROOT / "configs" / "demo-baseline.yaml"
+DEMO_SETTINGS = DemoSettings.model_validate(yaml.safe_load(DEMO_SETTINGS_FILE.read_text()))
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -125,7 +120,7 @@ def _draw_toe_drain(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: i
     x0, y0 = rng.uniform(0.03 * size, size - w - 0.03 * size), rng.uniform(0.03 * size, size - h - 0.03 * size)
     frame = int(rng.integers(175, 215))
     draw.rectangle((x0, y0, x0 + w, y0 + h), fill=(frame, frame, frame - 5))
-    inset = max(2.0, 0.18 * min(w, h))
+    inset = max(1.0, 0.2 * min(w, h))
     dark = int(rng.integers(10, 40))
     draw.rectangle((x0 + inset, y0 + inset, x0 + w - inset, y0 + h - inset), fill=(dark, dark, dark + 4))
     return _clip_box((x0, y0, x0 + w, y0 + h), size)
@@ -226,8 +221,8 @@ def generate_synthetic_dataset(
         raise ValueError("each split needs at least one image")
     if n_val < VAL_TOE_DRAIN_INSTANCES:
         raise ValueError(f"n_val must be >= {VAL_TOE_DRAIN_INSTANCES} to hold the val toe_drain instances")
-    if imgsz < 64:
-        raise ValueError("imgsz must be >= 64 so toe_drain boxes stay several pixels wide")
+    if imgsz < 96:
+        raise ValueError(f"imgsz must be >= 96 (got {imgsz}) so toe_drain boxes stay several pixels wide")
     out_dir = Path(out_dir)
     toe_drain_counts = {
         "train": max(1, round(toe_drain_train_fraction * n_train)),
@@ -261,6 +256,19 @@ def generate_synthetic_dataset(
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
     _write_readme(out_dir, seed, imgsz, {"train": n_train, "val": n_val, "test": n_test}, instances)
     return data_yaml
+
+
+def generate_demo_dataset(out_dir: Path, *, settings: DemoSettings = DEMO_SETTINGS) -> Path:
+    """The demo's dataset as `settings` describe it; returns its data.yaml."""
+    return generate_synthetic_dataset(
+        out_dir,
+        seed=settings.seed,
+        n_train=settings.n_train,
+        n_val=settings.n_val,
+        n_test=settings.n_test,
+        imgsz=settings.imgsz,
+        toe_drain_train_fraction=settings.toe_drain_train_fraction,
+    )
 
 
 def _write_readme(

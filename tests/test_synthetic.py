@@ -110,12 +110,10 @@ def test_demo_recipe_learns_the_scenes_to_map50_half(tmp_path):
     """The demo as `make run` does it: from-scratch baseline, then fine-tune; val mAP50 >= 0.5."""
     from ultralytics import YOLO
 
-    from tasks.synthetic import train_baseline, use_cpu_threads
+    from tasks.synthetic import generate_demo_dataset, train_baseline, use_cpu_threads
 
     s = DEMO_SETTINGS
-    data_yaml = generate_synthetic_dataset(
-        tmp_path / "data", seed=s.seed, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test, imgsz=s.imgsz
-    )
+    data_yaml = generate_demo_dataset(tmp_path / "data")
     baseline = train_baseline(data_yaml, tmp_path / "runs")
     model = YOLO(str(baseline))
     use_cpu_threads(model, s.cpu_threads)
