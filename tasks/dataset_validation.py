@@ -970,7 +970,7 @@ def _empty_report(data_yaml: Path, imgsz: int, phash_threshold: int, check_image
 
 
 def _orphan_labels(expected: set[str]) -> list[Finding]:
-    label_dirs = {os.path.dirname(label) for label in expected}
+    label_dirs = {label.rpartition(os.sep)[0] for label in expected}
     found = []
     for folder in sorted(label_dirs):
         try:
@@ -1007,23 +1007,25 @@ def _split_stats(images: dict[str, list[str]], files: pd.DataFrame) -> list[Spli
 
 def _class_stats(images: dict[str, list[str]], files: pd.DataFrame, boxes: pd.DataFrame,
                  names: list[str]) -> list[ClassStats]:
+    boxes = boxes.assign(min_side_px=np.minimum(boxes["w_px"], boxes["h_px"]))
+    agg = boxes.groupby(["split", "cls"]).agg(
+        images=("image", "nunique"), instances=("line", "size"), median_w=("w_native", "median"),
+        median_h=("h_native", "median"), min_side=("min_side_px", "min"))
+    rows = agg.to_dict("index")
+
+    def rounded(value) -> float | None:
+        return None if value is None or pd.isna(value) else round(float(value), 2)
+
     out = []
-    grouped = {key: g for key, g in boxes.groupby(["split", "cls"])} if len(boxes) else {}
     for split, paths in images.items():
         for cls, name in enumerate(names):
-            g = grouped.get((split, cls))
-            n = 0 if g is None else len(g)
-
-            def median(col: str) -> float | None:
-                value = None if g is None else g[col].median()
-                return None if value is None or pd.isna(value) else round(float(value), 2)
-
-            min_side = None if g is None else float(np.minimum(g["w_px"], g["h_px"]).min())
-            out.append(ClassStats(split=split, class_id=cls, class_name=name,
-                                  images=0 if g is None else int(g["image"].nunique()), instances=n,
-                                  instances_per_image=n / max(1, len(paths)), median_box_w_px=median("w_native"),
-                                  median_box_h_px=median("h_native"),
-                                  min_box_side_px_at_imgsz=None if min_side is None else round(min_side, 2)))
+            row = rows.get((split, cls), {})
+            n = int(row.get("instances", 0))
+            out.append(ClassStats(split=split, class_id=cls, class_name=name, images=int(row.get("images", 0)),
+                                  instances=n, instances_per_image=n / max(1, len(paths)),
+                                  median_box_w_px=rounded(row.get("median_w")),
+                                  median_box_h_px=rounded(row.get("median_h")),
+                                  min_box_side_px_at_imgsz=rounded(row.get("min_side"))))
     return out
 
 
