@@ -1,0 +1,299 @@
+"""The review report, built from a real tiny pipeline run (the phase2 flow in-process on a small
+copy of the real dataset, real SeaweedFS, W&B offline), and the W&B Report spec (no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks import report
+from tasks.hashing import sha256_file
+from tasks.settings import MINORITY_CLASS
+
+MODEL_NAME = "report-test-detector"
+TINY_RECIPE = {
+    "name": "report-tiny",
+    "train": {"model": "baseline", "epochs": 2, "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu",
+              "optimizer": "AdamW", "lr0": 0.001, "warmup_bias_lr": 0.001, "warmup_epochs": 0,
+              "mosaic": 0.0, "close_mosaic": 0, "save_period": 1, "plots": True},
+    "rebalance": {"targets": {"toe_drain": 2}},
+    "promotion": {"absolute_min": {"mAP50": 0.0}},
+}
+_RUNS: dict[str, dict] = {}
+
+
+def _untrained_baseline(path: Path, names: list[str]) -> Path:
+    """A 4-class YOLO11n checkpoint (random weights): the baseline and the 'production' model."""
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = YOLO("yolo11n.yaml")
+    model.model = DetectionModel("yolo11n.yaml", nc=len(names), verbose=False)
+    model.model.names = dict(enumerate(names))
+    model.save(str(path))
+    return path
+
+
+def tiny_pipeline_run(seaweedfs, real_dataset, tmp_path_factory) -> dict:
+    """Run the flow once per test session (shared by the report tests); production = the baseline."""
+    if "run" in _RUNS:
+        return _RUNS["run"]
+    from flows.phase2 import phase2
+    from tests.plugins.data import copy_subset
+    from tasks.recipe import Recipe
+    from tasks.registry import Registry
+    from tasks.settings import state_dir
+    from tasks.storage import ObjectStore
+
+    root = tmp_path_factory.mktemp("report-run")
+    data_yaml = copy_subset(real_dataset, root / "site-small", {"train": 8, "val": 4, "test": 3})
+    names = yaml.safe_load(data_yaml.read_text())["names"]
+    baseline = _untrained_baseline(root / "baseline.pt", list(names.values()) if isinstance(names, dict) else names)
+    settings = seaweedfs.settings()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in seaweedfs.env().items():
+            patch.setenv(key, value)
+        store = ObjectStore(settings)
+        store.ensure_bucket()
+        registry = Registry(store, MODEL_NAME)
+        production = registry.register({"weights/best.pt": baseline}, {"flow_run_id": "report-test-production"})
+        registry.set_alias("production", production.version)
+        state = phase2(data=str(data_yaml), baseline=str(baseline), recipe=Recipe.model_validate(TINY_RECIPE),
+                       model_name=MODEL_NAME, return_state=True)
+    assert state.is_completed(), state
+    summary = state.result()
+    flow_run_id = str(state.state_details.flow_run_id)
+    work_dir = state_dir() / "pipeline" / report.run_key_for(flow_run_id)
+    _RUNS["run"] = {"summary": summary, "flow_run_id": flow_run_id, "work_dir": work_dir, "store": store,
+                    "version": registry.get(summary["model"]), "production": production, "baseline": baseline}
+    return _RUNS["run"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(seaweedfs, real_dataset, tmp_path_factory) -> dict:
+    return tiny_pipeline_run(seaweedfs, real_dataset, tmp_path_factory)
+
+
+class Page(HTMLParser):
+    """Sections, images, the per-class cells and the text of elements with an id."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.sections: list[str] = []
+        self.images: list[dict[str, str]] = []
+        self.cells: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self.by_id: dict[str, str] = {}
+        self.external: list[str] = []
+        self._open: list[tuple[str, dict]] = []
+        self._text: dict[int, list[str]] = {}
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for key in ("src", "href"):
+            if attrs.get(key, "").startswith(("http://", "https://", "//")) and tag != "a":
+                self.external.append(attrs[key])
+        if tag in ("script", "link"):
+            self.external.append(tag)
+        if tag == "section":
+            self.sections.append(attrs["id"])
+        if tag == "img":
+            self.images.append(attrs)
+            return
+        self._open.append((tag, attrs))
+        self._text[len(self._open)] = []
+
+    def handle_endtag(self, tag):
+        if not self._open or tag == "img":
+            return
+        _, attrs = self._open.pop()
+        text = "".join(self._text.pop(len(self._open) + 1, []))
+        if self._open:
+            self._text[len(self._open)].append(text)
+        if "data-metric" in attrs:
+            self.cells[(attrs["data-class"], attrs["data-model"], attrs["data-metric"])] = (attrs["data-value"], text)
+        if "id" in attrs:
+            self.by_id[attrs["id"]] = text
+
+    def handle_data(self, data):
+        if self._open:
+            self._text[len(self._open)].append(data)
+
+
+def expected_cells(metrics: dict) -> dict[tuple[str, str], float | None]:
+    cells = {(name, key): values[key] for name, values in metrics["per_class"].items() for key in report.PER_CLASS_KEYS}
+    overall = metrics["overall"]
+    cells.update({("all", "precision"): overall["precision"], ("all", "recall"): overall["recall"],
+                  ("all", "AP50"): overall["mAP50"], ("all", "AP50-95"): overall["mAP50-95"]})
+    return cells
+
+
+def assert_column(page: Page, model: str, metrics: dict) -> None:
+    for (name, key), value in expected_cells(metrics).items():
+        attr, text = page.cells[(name, model, key)]
+        if value is None:
+            assert (attr, text) == ("", "–"), (name, model, key)
+        else:
+            assert float(attr) == value and text == f"{value:.4f}", (name, model, key, attr, text, value)
+
+
+def test_report_sections_from_a_real_run(pipeline_run):
+    work_dir, version = pipeline_run["work_dir"], pipeline_run["version"]
+    html = work_dir / "report" / "report.html"
+    page = Page(html.read_text())
+
+    assert page.sections == ["promotion", "dataset", "training", "selection", "per-class", "plots",
+                             "detections", "timings"]
+    assert page.external == []  # self-contained: no scripts, stylesheets or remote images
+    assert all(img["src"].startswith("data:image/") and len(img["src"]) > 1000 for img in page.images)
+    titles = [img["data-name"] for img in page.images]
+    assert "Training curves per epoch" in titles
+    assert "Class counts per split, before and after rebalancing" in titles
+    assert "PR curve, val split" in titles and "Confusion matrix, val split" in titles
+
+    # Stored in S3 with the run, byte for byte; the summary points at it.
+    store = pipeline_run["store"]
+    key = f"runs/{work_dir.name}/report/report.html"
+    assert store.head(key)["sha256"] == sha256_file(html)
+    assert pipeline_run["summary"]["report"] == store.uri(key)
+
+    # Training: best epoch and stop reason are those of the history.
+    from tasks.selection import summarize_history
+
+    history = summarize_history(work_dir / "train" / "results.csv")
+    assert page.by_id["best-epoch"] == str(history.best_epoch)
+    assert page.by_id["stop-reason"] == history.stop_reason
+
+    # Dataset: every finding code is counted; leaks repaired as the manifest says.
+    findings = json.loads((work_dir / "validation" / "report.json").read_text())["findings"]
+    for code in {f["code"] for f in findings}:
+        assert code in page.by_id["findings"]
+    manifest = json.loads((work_dir / "dataset" / "manifest.json").read_text())
+    for leak in manifest["repaired_leaks"]:
+        assert leak["group_id"][:12] in page.by_id["leaks-repaired"]
+
+    # Selection: every candidate re-evaluated is listed, the winner named.
+    import pandas as pd
+
+    candidates = pd.read_csv(work_dir / "selection" / "candidates.csv")
+    assert all(name in page.by_id["candidates"] for name in candidates["candidate"])
+    assert page.by_id["winner"] == Path(pipeline_run["summary"]["selected"]).stem
+
+    # Per class: the new model's numbers are the registry version's; production and baseline
+    # are the evaluations under the same protocol.
+    assert_column(page, "new", version.metrics["val"])
+    assert_column(page, "production", json.loads((work_dir / "production-eval" / "metrics.json").read_text()))
+    assert_column(page, "baseline", json.loads((work_dir / "report" / "baseline-eval" / "metrics.json").read_text()))
+
+    # Detections: one tile per val image (up to 12), minority-class images first.
+    tiles = json.loads((work_dir / "report" / "detections" / "detections.json").read_text())["tiles"]
+    val_images = (work_dir / "dataset" / "val.txt").read_text().split()
+    assert len(tiles) == min(12, len(val_images))
+    has_minority = [MINORITY_CLASS in t["ground_truth"] for t in tiles]
+    assert any(has_minority) and has_minority == sorted(has_minority, reverse=True)
+    assert len([img for img in page.images if img.get("class") == "tile"]) == len(tiles)
+
+    # Promotion and timings.
+    promotion = json.loads((work_dir / "report" / "promotion.json").read_text())
+    assert ("PROMOTED" if promotion["promote"] else "KEPT") in page.by_id["promotion"]
+    assert pipeline_run["summary"]["promoted"] == promotion["promote"]
+    timings = page.by_id["timings-table"]
+    for task in ("validate_dataset", "rebalance_validation", "fine_tune", "select_checkpoint", "register_model",
+                 "promote_model", "build_report"):
+        assert task in timings
+
+
+def test_prefect_artifacts_link_the_report_and_hold_the_tables(pipeline_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    key = f"review-report-{MODEL_NAME}"
+    with get_client(sync_client=True) as client:
+        links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        tables = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[f"per-class-comparison-{MODEL_NAME}"])))
+    assert pipeline_run["summary"]["report"] in links[-1].data
+    rows = json.loads(tables[-1].data) if isinstance(tables[-1].data, str) else tables[-1].data
+    by_class = {row["class"]: row for row in rows}
+    for name, values in pipeline_run["version"].metrics["val"]["per_class"].items():
+        assert by_class[name]["new/AP50"] == values["AP50"]
+
+
+def test_report_of_a_past_run_by_flow_run_id_or_key(pipeline_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from tasks.cli import app
+
+    work_dir = pipeline_run["work_dir"]
+    stored = work_dir / "report" / "report.html"
+    runner = CliRunner()
+    for run in (pipeline_run["flow_run_id"], work_dir.name):
+        out = tmp_path / f"{run}.html"
+        result = runner.invoke(app, ["report", run, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert out.read_bytes() == stored.read_bytes()
+    result = runner.invoke(app, ["report", "no-such-run"])
+    assert result.exit_code == 1 and "no-such-run" in result.output
+
+    # Without the local copy, the one stored in S3 with the run comes back.
+    aside = tmp_path / "aside.html"
+    shutil.move(stored, aside)
+    try:
+        fetched = report.report_for_run(work_dir.name, store=pipeline_run["store"])
+        assert fetched.read_bytes() == aside.read_bytes()
+    finally:
+        shutil.copyfile(aside, stored)
+
+
+def test_missing_parts_are_named_not_fatal(pipeline_run, tmp_path):
+    partial = tmp_path / "partial-run"
+    (partial / "train").mkdir(parents=True)
+    for name in ("results.csv", "args.yaml"):
+        shutil.copy(pipeline_run["work_dir"] / "train" / name, partial / "train" / name)
+    page = Page(report.build_html_report(partial, tmp_path / "r.html").read_text())
+    text = (tmp_path / "r.html").read_text()
+    for missing in ("validation/report.json", "dataset/balance.csv", "selection/candidates.csv",
+                    "report/promotion.json", "report/timings.json", "report/detections/detections.json"):
+        assert f"Not available: {missing}" in text
+    assert [img["data-name"] for img in page.images] == ["Training curves per epoch"]
+    assert all(text == "–" for _, text in page.cells.values())
+    with pytest.raises(report.ReportError, match="no such run directory"):
+        report.build_html_report(tmp_path / "nope", tmp_path / "x.html")
+
+
+def test_wandb_report_spec_panels_match_what_the_run_logged(pipeline_run):
+    import wandb_workspaces.reports.v2 as wr
+
+    from tasks.tracking import offline_history
+
+    spec = report.wandb_report_spec(entity="acme", project="site-inspection-phase2", run_id="abc123",
+                                    title="site-inspection-detector:v3 review", description="run abc123",
+                                    html_link="s3://bucket/runs/abc123/report/report.html")
+    grids = [b for b in spec.blocks if isinstance(b, wr.PanelGrid)]
+    panels = [p for g in grids for p in g.panels]
+    # Every grid shows exactly this run.
+    assert all(len(g.runsets) == 1 and g.runsets[0].filters == "ID = 'abc123'" and g.runsets[0].entity == "acme"
+               for g in grids)
+    lines = [p for p in panels if isinstance(p, wr.LinePlot)]
+    assert all(p.x == "epoch" for p in lines)
+    plotted = {key for p in lines for key in p.y}
+    assert {"metrics/precision", "metrics/recall", "metrics/mAP50", "metrics/mAP50-95", "lr/pg0",
+            "train/box_loss", "val/cls_loss"} <= plotted
+    media = {key for p in panels if isinstance(p, wr.MediaBrowser) for key in p.media_keys}
+    tables = {p.table_name for p in panels if isinstance(p, wr.WeavePanelSummaryTable)}
+    assert {"selection/pr_curve", "selection/confusion_matrix", "report/detections"} <= media
+    assert {"report/per_class_comparison", "promotion/comparison", "selection/candidates"} <= tables
+    assert any(isinstance(b, wr.P) and "s3://bucket/runs/abc123/report/report.html" in str(b.text)
+               for b in spec.blocks)
+    assert "abc123" in json.dumps(spec._to_model().model_dump(by_alias=True, mode="json"))
+
+    # Each panel's key was really logged by the pipeline's steps (offline run read back).
+    run_dir = Path(pipeline_run["summary"]["wandb_run"].removeprefix("offline:"))
+    logged = {key for row in offline_history(run_dir) for key in row}
+    assert plotted | media | tables <= logged, sorted((plotted | media | tables) - logged)
