@@ -907,15 +907,18 @@ def validate_dataset(
             findings.extend(result.findings)
     findings.extend(_orphan_labels(set(label_of.values())))
 
+    not_checked = _ImageResult()  # label-only path: one shared empty result
     for split, paths in images.items():
+        states: Counter[str] = Counter()
         for image in paths:
             label, lres = label_of[image], label_results[split, image]
-            ires = image_results.get(image, _ImageResult())
-            codes = sorted({f.code for f in lres.findings + ires.findings})
+            ires = image_results.get(image, not_checked)
+            states[lres.state] += 1
+            codes = ";".join(sorted({f.code for f in lres.findings + ires.findings})) if (
+                lres.findings or ires.findings) else ""
             file_rows.append((split, image, label, lres.state, ires.width, ires.height, ires.format,
                               ires.sha256, None if ires.phash is None else f"{ires.phash:016x}", len(lres.boxes),
-                              ";".join(codes)))
-        states = Counter(label_results[split, p].state for p in paths)
+                              codes))
         background = states["missing"] + states["empty"]
         if paths and states["missing"] == len(paths):
             findings.append(_finding("LBL_SPLIT_UNLABELLED", os.path.dirname(label_of[paths[0]]),
