@@ -12,6 +12,7 @@ files, and a split's images do not depend on the other splits' sizes.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -163,28 +164,34 @@ def _overlap(a: Box, b: Box) -> float:
 
 
 def _scene(rng: np.random.Generator, size: int, toe_drains: int) -> tuple[Image.Image, list[tuple[int, Box]]]:
-    """One image and its (class, box) objects; objects are re-placed until they barely overlap."""
-    counts = {
-        ROCK_TOE: int(rng.choice([0, 1, 1, 2])),
-        SLOPE_DRAIN: int(rng.choice([0, 1, 1, 2])),
-        VEGETATION: int(rng.choice([0, 1, 1, 2])),
-        TOE_DRAIN: toe_drains,
-    }
-    if sum(counts.values()) == 0:
-        counts[int(rng.choice([ROCK_TOE, SLOPE_DRAIN, VEGETATION]))] = 1
-    image = Image.fromarray(_background(rng, size))
-    objects: list[tuple[int, Box]] = []
-    for cls in _DRAW_ORDER:
-        for _ in range(counts[cls]):
-            # Each try draws on a scratch copy, so a rejected placement leaves no trace.
-            for _attempt in range(30):
-                candidate = image.copy()
-                box = _DRAWERS[cls](ImageDraw.Draw(candidate), rng, size)
-                if all(_overlap(box, other) < 0.15 for _, other in objects):
-                    image = candidate
-                    objects.append((cls, box))
-                    break
-    return image, objects
+    """One image and its (class, box) objects; objects are re-placed until they barely overlap.
+
+    Other classes may lose an object that finds no room, but the scene is redrawn until every
+    requested toe_drain is in it: the minority counts are exact.
+    """
+    while True:
+        counts = {
+            ROCK_TOE: int(rng.choice([0, 1, 1, 2])),
+            SLOPE_DRAIN: int(rng.choice([0, 1, 1, 2])),
+            VEGETATION: int(rng.choice([0, 1, 1, 2])),
+            TOE_DRAIN: toe_drains,
+        }
+        if sum(counts.values()) == 0:
+            counts[int(rng.choice([ROCK_TOE, SLOPE_DRAIN, VEGETATION]))] = 1
+        image = Image.fromarray(_background(rng, size))
+        objects: list[tuple[int, Box]] = []
+        for cls in _DRAW_ORDER:
+            for _ in range(counts[cls]):
+                # Each try draws on a scratch copy, so a rejected placement leaves no trace.
+                for _attempt in range(30):
+                    candidate = image.copy()
+                    box = _DRAWERS[cls](ImageDraw.Draw(candidate), rng, size)
+                    if all(_overlap(box, other) < 0.15 for _, other in objects):
+                        image = candidate
+                        objects.append((cls, box))
+                        break
+        if sum(cls == TOE_DRAIN for cls, _ in objects) == toe_drains:
+            return image, objects
 
 
 def _yolo_rows(objects: list[tuple[int, Box]], size: int) -> str:
@@ -224,6 +231,11 @@ def generate_synthetic_dataset(
     if imgsz < 96:
         raise ValueError(f"imgsz must be >= 96 (got {imgsz}) so toe_drain boxes stay several pixels wide")
     out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty: pass a new or empty directory for the synthetic dataset")
+    # Built beside the target and renamed into place, so a crash never leaves a half dataset.
+    final_dir, out_dir = out_dir, out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(out_dir, ignore_errors=True)
     toe_drain_counts = {
         "train": max(1, round(toe_drain_train_fraction * n_train)),
         "val": VAL_TOE_DRAIN_INSTANCES,
@@ -252,10 +264,13 @@ def generate_synthetic_dataset(
         "nc": len(CLASS_NAMES),
         "names": list(CLASS_NAMES),
     }
-    data_yaml = out_dir / "data.yaml"
-    data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
+    (out_dir / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     _write_readme(out_dir, seed, imgsz, {"train": n_train, "val": n_val, "test": n_test}, instances)
-    return data_yaml
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    if final_dir.exists():
+        final_dir.rmdir()  # empty, checked above
+    out_dir.rename(final_dir)
+    return final_dir / "data.yaml"
 
 
 def generate_demo_dataset(out_dir: Path, *, settings: DemoSettings = DEMO_SETTINGS) -> Path:

@@ -105,6 +105,15 @@ def test_rejects_a_val_split_too_small_for_the_minority(tmp_path):
         generate_synthetic_dataset(tmp_path / "d", n_train=4, n_val=2, n_test=1, imgsz=96)
 
 
+def test_refuses_a_non_empty_target_and_leaves_it_alone(tmp_path):
+    target = tmp_path / "d"
+    target.mkdir()
+    (target / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="not empty"):
+        generate_synthetic_dataset(target, n_train=4, n_val=3, n_test=1, imgsz=96)
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+
+
 @pytest.mark.slow
 def test_demo_recipe_learns_the_scenes_to_map50_half(tmp_path):
     """The demo as `make run` does it: from-scratch baseline, then fine-tune; val mAP50 >= 0.5."""
