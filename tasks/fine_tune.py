@@ -87,7 +87,8 @@ def checkpoint_state(path: Path) -> dict[str, Any]:
 
     # weights_only=False unpickles: only called on files this pipeline wrote or verified.
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    return {"epoch": ckpt.get("epoch", -1), "train_args": ckpt.get("train_args") or {}}
+    return {"epoch": ckpt.get("epoch", -1), "train_args": ckpt.get("train_args") or {},
+            "train_results": ckpt.get("train_results") or {}}
 
 
 def _truncate_results(results_csv: Path, keep_epochs: int) -> None:
@@ -101,6 +102,19 @@ def _truncate_results(results_csv: Path, keep_epochs: int) -> None:
     lines = results_csv.read_text().splitlines(keepends=True)
     if len(lines) - 1 > keep_epochs:
         results_csv.write_text("".join(lines[: keep_epochs + 1]))
+
+
+def _rebuild_results(results_csv: Path, train_results: dict[str, list]) -> None:
+    """Write results.csv from the copy of it inside every checkpoint.
+
+    A fresh worker restores last.pt from S3, but results.csv reaches S3 only at the end;
+    without this the resumed run's results.csv would start at the resumed epoch.
+    """
+    columns = list(train_results)
+    with results_csv.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows([f"{value:.6g}" for value in row] for row in zip(*train_results.values()))
 
 
 class _CheckpointUploader:
@@ -235,6 +249,8 @@ def fine_tune(
                 )
             resume_epoch = state["epoch"] + 1  # epochs completed
             _truncate_results(results_csv, resume_epoch)
+            if len(read_results(results_csv)) < resume_epoch and state["train_results"]:
+                _rebuild_results(results_csv, state["train_results"])
         else:
             finished = True  # Ultralytics strips last.pt (epoch -1) only after the final epoch
     elif save_dir.exists():
@@ -259,7 +275,9 @@ def fine_tune(
         log.info("Resuming %s after epoch %d of %d", save_dir, resume_epoch, epochs)
 
     uploader = _CheckpointUploader(store, run_prefix, weights_dir)
-    streamed = rows_before if tracker is None else 0
+    # Rows of earlier attempts were streamed by them (the parent streams every row present when
+    # the child exits); sending them again would duplicate those epochs in the resumed W&B run.
+    streamed = rows_before
     epoch_started = time.monotonic()
     peak = None
     with log_file.open("ab") as out:
@@ -382,6 +400,7 @@ def _child_main(spec_file: str) -> int:  # pragma: no cover - exercised through 
 
     configure_environment()
     spec = json.loads(Path(spec_file).read_text())
+    import torch
     import ultralytics.utils.torch_utils as torch_utils
     from ultralytics import YOLO
 
@@ -397,6 +416,7 @@ def _child_main(spec_file: str) -> int:  # pragma: no cover - exercised through 
     args = dict(spec["train_args"])
     args["device"] = resolve_device(str(args.get("device", "auto")))
     model = YOLO(spec["model"])
+    model.add_callback("on_train_start", lambda trainer: print(f"torch threads: {torch.get_num_threads()}"))
     if spec["resume"]:
         # save_dir is one of the few arguments Ultralytics lets a resume change: the checkpoint
         # may come from S3, written on another machine with another path.

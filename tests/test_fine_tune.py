@@ -1,0 +1,234 @@
+"""fine_tune on a small copy of the real data: streaming, S3 checkpoints, kill -9 and resume.
+
+Real parts: Ultralytics in its child process, a real SeaweedFS bucket, W&B offline runs read
+back with `wandb leet inspect`. Faults are real too (SIGKILL of the child, a truncated
+last.pt); only the results.csv row of the append-before-save window is written by hand,
+because that window is a few milliseconds wide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tasks.fine_tune import (
+    ResumeError,
+    TrainingFailed,
+    checkpoint_is_complete,
+    checkpoint_state,
+    fine_tune,
+    read_results,
+)
+from tasks.hashing import sha256_file
+from tasks.tracking import Tracker, offline_history
+from tests.plugins.data import copy_subset
+
+EPOCHS = 2
+TRAIN_ARGS = {
+    "epochs": EPOCHS, "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu", "plots": False,
+    "seed": 0, "deterministic": True, "patience": 50, "save_period": -1, "optimizer": "AdamW",
+    "lr0": 0.001, "warmup_epochs": 0,
+}
+
+
+@pytest.fixture
+def data_yaml(real_dataset, tmp_path) -> Path:
+    return copy_subset(real_dataset, tmp_path / "data", {"train": 8, "val": 4, "test": 1})
+
+
+def run_id() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def child_pid(spec_file: Path, timeout: float = 120) -> int:
+    """The pid of `python -m tasks.fine_tune SPEC`, found in /proc like an operator would."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"tasks.fine_tune" in cmdline and str(spec_file).encode() in cmdline:
+                return int(proc.name)
+        time.sleep(0.05)
+    raise AssertionError(f"no training child for {spec_file}")
+
+
+def kill_during_epoch_2(save_dir: Path, future: Future, store=None, run_prefix: str = "") -> None:
+    """SIGKILL the child once epoch 1 is in results.csv and its checkpoints are complete.
+
+    The child is first SIGSTOPped (it is then inside epoch 2) so the kill can wait for the
+    background upload of epoch 1's last.pt when a test needs it in S3; then kill -9.
+    """
+    pid = child_pid(save_dir.parent / f"{save_dir.name}.spec.json")
+    weights = save_dir / "weights"
+    deadline = time.monotonic() + 300
+    while not (len(read_results(save_dir / "results.csv")) >= 1
+               and all(checkpoint_is_complete(weights / n) for n in ("last.pt", "best.pt"))):
+        assert not future.done(), "training ended before epoch 1 was saved"
+        assert time.monotonic() < deadline, "epoch 1 never finished"
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGSTOP)
+    assert len(read_results(save_dir / "results.csv")) == 1, "stopped too late: epoch 2 was already written"
+    if store is not None:
+        key = f"{run_prefix}/weights/last.pt"
+        while not store.exists(key):
+            assert time.monotonic() < deadline, "last.pt of epoch 1 never reached S3"
+            time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(TrainingFailed, match="exited with -9"):
+        future.result(timeout=120)
+    assert checkpoint_state(weights / "last.pt")["epoch"] == 0  # 0-based: epoch 1 complete
+
+
+def start(pool: ThreadPoolExecutor, **kwargs) -> Future:
+    return pool.submit(fine_tune, poll_s=0.2, **kwargs)
+
+
+def test_two_epochs_stream_to_wandb_and_checkpoints_to_s3(data_yaml, tmp_path, object_store):
+    tracker = Tracker(run_id(), config={"train": TRAIN_ARGS})
+    seen: list[str] = []
+    try:
+        result = fine_tune(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS,
+                           save_dir=tmp_path / "train", store=object_store, run_prefix="runs/r1/train",
+                           tracker=tracker, poll_s=0.2, on_epoch=lambda row: seen.append(row["epoch"]))
+    finally:
+        tracker.finish()
+
+    history = offline_history(tracker.run_dir)
+    assert [row["epoch"] for row in history] == [1, 2]
+    rows = read_results(result.results_csv)
+    for logged, row in zip(history, rows):
+        assert logged["metrics/mAP50"] == pytest.approx(float(row["metrics/mAP50(B)"]))
+        assert "train/box_loss" in logged and "lr/pg0" in logged
+    assert seen == ["1", "2"]
+    assert (result.epochs_planned, result.epochs_completed, result.epochs_trained_this_attempt) == (2, 2, 2)
+    assert result.resumed_from_epoch is None and result.wandb_run_path == tracker.run_path
+
+    for name, local, digest in (("last.pt", result.last, result.last_sha256),
+                                ("best.pt", result.best, result.best_sha256)):
+        key = f"runs/r1/train/weights/{name}"
+        assert digest == sha256_file(local)
+        assert object_store.head(key)["sha256"] == digest
+        assert result.checkpoints[name] == object_store.uri(key)
+    assert object_store.head("runs/r1/train/results.csv")["sha256"] == sha256_file(result.results_csv)
+    assert result.run_uri == object_store.uri("runs/r1/train")
+    assert object_store.exists("runs/r1/train/COMPLETE.json")
+
+    # Ultralytics would train on cpu_count-1 threads; the child sets all cores.
+    assert f"torch threads: {os.cpu_count()}" in (tmp_path / "train.log").read_text()
+
+    # A finished run is returned as is, without training again.
+    again = fine_tune(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS,
+                      save_dir=tmp_path / "train", store=object_store, run_prefix="runs/r1/train")
+    assert again.last_sha256 == result.last_sha256
+
+
+@pytest.mark.slow
+def test_kill_9_in_epoch_2_then_retry_trains_only_the_missing_epoch(data_yaml, tmp_path, object_store):
+    save_dir, prefix, wandb_id = tmp_path / "train", "runs/r2/train", run_id()
+    common = dict(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS, save_dir=save_dir,
+                  store=object_store, run_prefix=prefix)
+    first = Tracker(wandb_id)
+    with ThreadPoolExecutor(1) as pool:
+        kill_during_epoch_2(save_dir, start(pool, tracker=first, **common))
+    first.finish()
+    epoch_1_row = (save_dir / "results.csv").read_text().splitlines()[1]
+    killed_at = time.time()
+
+    retry = Tracker(wandb_id)
+    try:
+        result = fine_tune(tracker=retry, poll_s=0.2, **common)
+    finally:
+        retry.finish()
+
+    lines = (save_dir / "results.csv").read_text().splitlines()
+    assert [int(float(r["epoch"])) for r in read_results(save_dir / "results.csv")] == [1, 2]
+    assert lines[1] == epoch_1_row  # epoch 1 was not trained again
+    assert (result.epochs_completed, result.epochs_trained_this_attempt, result.resumed_from_epoch) == (2, 1, 1)
+    assert (save_dir / "results.csv").stat().st_mtime > killed_at
+    log = (tmp_path / "train.log").read_text()
+    assert log.count("Resuming training") == 1 and "from epoch 2 to 2 total epochs" in log
+
+    assert retry.run.id == first.run.id == wandb_id
+    assert sorted(r["epoch"] for r in offline_history(first.run_dir) + offline_history(retry.run_dir)) == [1, 2]
+    for name, digest in (("last.pt", result.last_sha256), ("best.pt", result.best_sha256)):
+        assert object_store.head(f"{prefix}/weights/{name}")["sha256"] == digest
+
+
+@pytest.mark.slow
+def test_fresh_worker_resumes_from_s3(data_yaml, tmp_path, object_store):
+    save_dir, prefix = tmp_path / "train", "runs/r3/train"
+    common = dict(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS, save_dir=save_dir,
+                  store=object_store, run_prefix=prefix)
+    with ThreadPoolExecutor(1) as pool:
+        kill_during_epoch_2(save_dir, start(pool, **common), object_store, prefix)
+    epoch_1_row = (save_dir / "results.csv").read_text().splitlines()[1]
+    shutil.rmtree(save_dir)
+
+    result = fine_tune(poll_s=0.2, **common)
+
+    rows = read_results(save_dir / "results.csv")
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2]
+    assert (result.epochs_trained_this_attempt, result.resumed_from_epoch) == (1, 1)
+    restored_row = (save_dir / "results.csv").read_text().splitlines()[1].split(",")
+    assert [float(v) for v in restored_row] == pytest.approx([float(v) for v in epoch_1_row.split(",")])
+    assert object_store.head(f"{prefix}/weights/last.pt")["sha256"] == result.last_sha256
+
+
+def test_resume_cannot_extend_epochs(data_yaml, tmp_path):
+    save_dir = tmp_path / "train"
+    common = dict(weights="yolo11n.yaml", data_yaml=data_yaml, save_dir=save_dir, run_prefix="runs/r4/train")
+    with ThreadPoolExecutor(1) as pool:
+        kill_during_epoch_2(save_dir, start(pool, train_args=TRAIN_ARGS, **common))
+    with pytest.raises(ResumeError, match=r"trained towards 2 epochs.*cannot resume to 3.*Keep epochs=2"):
+        fine_tune(train_args={**TRAIN_ARGS, "epochs": 3}, **common)
+    assert checkpoint_state(save_dir / "weights" / "last.pt")["epoch"] == 0  # left untouched
+
+
+def test_row_appended_before_last_pt_is_not_duplicated(data_yaml, tmp_path):
+    """Ultralytics appends results.csv, then writes last.pt: a kill between leaves epoch k+1's
+    row next to epoch k's checkpoint. The resumed run must contain each epoch exactly once."""
+    save_dir = tmp_path / "train"
+    common = dict(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS, save_dir=save_dir,
+                  run_prefix="runs/r5/train")
+    with ThreadPoolExecutor(1) as pool:
+        kill_during_epoch_2(save_dir, start(pool, **common))
+    results_csv = save_dir / "results.csv"
+    fields = results_csv.read_text().splitlines()[1].split(",")
+    with results_csv.open("a") as fh:
+        fh.write(",".join(["2", *fields[1:]]) + "\n")
+
+    result = fine_tune(poll_s=0.2, **common)
+
+    assert [int(float(r["epoch"])) for r in read_results(results_csv)] == [1, 2]
+    assert result.epochs_trained_this_attempt == 1
+
+
+def test_torn_last_pt_is_recovered_from_s3_else_refused(data_yaml, tmp_path, object_store):
+    save_dir, prefix = tmp_path / "train", "runs/r6/train"
+    common = dict(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS, save_dir=save_dir,
+                  run_prefix=prefix)
+    with ThreadPoolExecutor(1) as pool:
+        kill_during_epoch_2(save_dir, start(pool, store=object_store, **common), object_store, prefix)
+    last = save_dir / "weights" / "last.pt"
+    torn = last.read_bytes()[: last.stat().st_size // 2]
+    last.write_bytes(torn)
+
+    with pytest.raises(ResumeError, match=r"last\.pt is torn.*no intact copy.*delete .* to start over"):
+        fine_tune(store=None, **common)
+    assert last.read_bytes() == torn  # nothing deleted: the operator decides
+
+    result = fine_tune(store=object_store, poll_s=0.2, **common)
+    assert [int(float(r["epoch"])) for r in read_results(save_dir / "results.csv")] == [1, 2]
+    assert (result.epochs_trained_this_attempt, result.resumed_from_epoch) == (1, 1)
