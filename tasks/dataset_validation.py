@@ -745,6 +745,39 @@ def _parse_label(path: str, nc: int) -> _LabelResult:
     return result
 
 
+PARALLEL_LABELS_MIN = 20_000  # below this, starting worker processes costs more than it saves
+
+
+def _parse_labels(labels: list[str], nc: int) -> tuple[list[str], list[list[Finding]], np.ndarray, np.ndarray]:
+    """Per label: state, findings, box count; and all boxes as one (N, 6) array
+    (line, class, cx, cy, w, h): cheap to send back from a worker process."""
+    states, findings, counts, rows = [], [], [], []
+    for label in labels:
+        result = _parse_label(label, nc)
+        states.append(result.state)
+        findings.append(result.findings)
+        counts.append(len(result.boxes))
+        rows += result.boxes
+    return states, findings, np.asarray(counts, np.int64), np.asarray(rows, np.float64).reshape(-1, 6)
+
+
+def _parse_all_labels(labels: list[str], nc: int) -> tuple[list[str], list[list[Finding]], np.ndarray, np.ndarray]:
+    """_parse_labels, in worker processes for large datasets (parsing is pure Python: threads would
+    serialise on the GIL). 'spawn', not fork: the caller may be running threads (image pool, Prefect)."""
+    workers = os.cpu_count() or 1
+    if len(labels) < PARALLEL_LABELS_MIN or workers < 2:
+        return _parse_labels(labels, nc)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = math.ceil(len(labels) / (4 * workers))
+    chunks = [labels[i:i + size] for i in range(0, len(labels), size)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_parse_labels, chunks, [nc] * len(chunks)))
+    return ([s for p in parts for s in p[0]], [f for p in parts for f in p[1]],
+            np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
+
+
 def _is_float(text: str) -> bool:
     try:
         float(text)
@@ -887,17 +920,12 @@ def validate_dataset(
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1) if check_images and all_paths else None
     cache = _FactsCache(cache_dir) if cache_dir is not None and pool else None
     collect_images = _inspect_images(all_paths, config.root, pool, cache.facts if cache else None) if pool else None
-    # Labels are parsed in this thread while the pool decodes images (JPEG decoding releases the GIL).
-    file_rows, box_rows = [], []
-    label_results: dict[tuple[str, str], _LabelResult] = {}
+    # Labels are parsed while the pool decodes images (JPEG decoding releases the GIL).
     label_of = {image: _label_path(image) for image in all_paths}
-    for split, paths in images.items():
-        for image in paths:
-            label = label_of[image]
-            result = _parse_label(label, nc)
-            label_results[split, image] = result
-            findings.extend(result.findings)
-            box_rows += result.boxes
+    entries = [(split, image) for split, paths in images.items() for image in paths]
+    states, label_findings, box_counts, box_array = _parse_all_labels([label_of[i] for _, i in entries], nc)
+    for found in label_findings:
+        findings.extend(found)
     if pool:
         image_results = dict(zip(all_paths, collect_images()))
         if cache:
@@ -908,28 +936,28 @@ def validate_dataset(
     findings.extend(_orphan_labels(set(label_of.values())))
 
     not_checked = _ImageResult()  # label-only path: one shared empty result
+    file_rows = []
+    for k, (split, image) in enumerate(entries):
+        ires, found = image_results.get(image, not_checked), label_findings[k]
+        codes = ";".join(sorted({f.code for f in found + ires.findings})) if found or ires.findings else ""
+        file_rows.append((split, image, label_of[image], states[k], ires.width, ires.height, ires.format,
+                          ires.sha256, None if ires.phash is None else f"{ires.phash:016x}", int(box_counts[k]),
+                          codes))
+    split_states = {split: Counter() for split in images}
+    for (split, _), state in zip(entries, states):
+        split_states[split][state] += 1
     for split, paths in images.items():
-        states: Counter[str] = Counter()
-        for image in paths:
-            label, lres = label_of[image], label_results[split, image]
-            ires = image_results.get(image, not_checked)
-            states[lres.state] += 1
-            codes = ";".join(sorted({f.code for f in lres.findings + ires.findings})) if (
-                lres.findings or ires.findings) else ""
-            file_rows.append((split, image, label, lres.state, ires.width, ires.height, ires.format,
-                              ires.sha256, None if ires.phash is None else f"{ires.phash:016x}", len(lres.boxes),
-                              codes))
-        background = states["missing"] + states["empty"]
-        if paths and states["missing"] == len(paths):
+        states_here = split_states[split]
+        background = states_here["missing"] + states_here["empty"]
+        if paths and states_here["missing"] == len(paths):
             findings.append(_finding("LBL_SPLIT_UNLABELLED", os.path.dirname(label_of[paths[0]]),
                                      f"{split}: none of its {len(paths)} images has a label file"))
         elif background:
             findings.append(_finding("IMG_NO_LABEL", os.path.dirname(label_of[paths[0]]),
-                                     f"{split}: {states['missing']} images without a label file and "
-                                     f"{states['empty']} with an empty one are trained as background"))
+                                     f"{split}: {states_here['missing']} images without a label file and "
+                                     f"{states_here['empty']} with an empty one are trained as background"))
     files = pd.DataFrame(file_rows, columns=list(_FILE_COLUMNS))
-    # Box rows carry no file columns (350k tuples of 9 cost more than 6); take them from `files`.
-    boxes = pd.DataFrame(box_rows, columns=list(_BOX_COLUMNS[3:]))
+    boxes = pd.DataFrame(box_array, columns=list(_BOX_COLUMNS[3:])).astype({"line": np.int64, "cls": np.int64})
     owner = files.iloc[np.repeat(np.arange(len(files)), files["instances"].to_numpy(dtype=np.int64))]
     for column in ("split", "image", "label", "width", "height"):
         boxes[column] = owner[column].to_numpy()
