@@ -745,12 +745,9 @@ def _parse_label(path: str, nc: int) -> _LabelResult:
     return result
 
 
-PARALLEL_LABELS_MIN = 20_000  # below this, starting worker processes costs more than it saves
-
-
 def _parse_labels(labels: list[str], nc: int) -> tuple[list[str], list[list[Finding]], np.ndarray, np.ndarray]:
     """Per label: state, findings, box count; and all boxes as one (N, 6) array
-    (line, class, cx, cy, w, h): cheap to send back from a worker process."""
+    (line, class, cx, cy, w, h), which becomes the box table without per-row objects."""
     states, findings, counts, rows = [], [], [], []
     for label in labels:
         result = _parse_label(label, nc)
@@ -759,23 +756,6 @@ def _parse_labels(labels: list[str], nc: int) -> tuple[list[str], list[list[Find
         counts.append(len(result.boxes))
         rows += result.boxes
     return states, findings, np.asarray(counts, np.int64), np.asarray(rows, np.float64).reshape(-1, 6)
-
-
-def _parse_all_labels(labels: list[str], nc: int) -> tuple[list[str], list[list[Finding]], np.ndarray, np.ndarray]:
-    """_parse_labels, in worker processes for large datasets (parsing is pure Python: threads would
-    serialise on the GIL). 'spawn', not fork: the caller may be running threads (image pool, Prefect)."""
-    workers = os.cpu_count() or 1
-    if len(labels) < PARALLEL_LABELS_MIN or workers < 2:
-        return _parse_labels(labels, nc)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    size = math.ceil(len(labels) / (4 * workers))
-    chunks = [labels[i:i + size] for i in range(0, len(labels), size)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        parts = list(pool.map(_parse_labels, chunks, [nc] * len(chunks)))
-    return ([s for p in parts for s in p[0]], [f for p in parts for f in p[1]],
-            np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
 
 
 def _is_float(text: str) -> bool:
@@ -923,7 +903,7 @@ def validate_dataset(
     # Labels are parsed while the pool decodes images (JPEG decoding releases the GIL).
     label_of = {image: _label_path(image) for image in all_paths}
     entries = [(split, image) for split, paths in images.items() for image in paths]
-    states, label_findings, box_counts, box_array = _parse_all_labels([label_of[i] for _, i in entries], nc)
+    states, label_findings, box_counts, box_array = _parse_labels([label_of[i] for _, i in entries], nc)
     for found in label_findings:
         findings.extend(found)
     if pool:

@@ -252,17 +252,3 @@ def test_decode_cache_is_keyed_by_content(tmp_path):
     changed = validate_dataset(root / "data.yaml", imgsz=64, minority_val_target=0, cache_dir=cache)
     assert [(f.code, f.file) for f in changed.errors()] == [("IMG_CORRUPT", str(image))]
 
-
-def test_parallel_label_parsing_matches_serial(tmp_path, monkeypatch):
-    import tasks.dataset_validation as dv
-
-    root = tmp_path / "ds"
-    make_dataset(root)
-    (root / "train" / "labels" / "train1.txt").write_text("0 0.5 0.5 0.2 0.2\n9 0.5 0.5 0.2 0.2\n0 1 2\n")
-    serial = validate_dataset(root / "data.yaml", imgsz=64, minority_val_target=0)
-    monkeypatch.setattr(dv, "PARALLEL_LABELS_MIN", 1)  # worker processes even for 6 labels
-    parallel = validate_dataset(root / "data.yaml", imgsz=64, minority_val_target=0)
-    assert parallel.findings == serial.findings and {f.code for f in serial.errors()} == {
-        "LBL_CLASS_RANGE", "LBL_FIELD_COUNT"}
-    assert parallel.files_table().equals(serial.files_table())
-    assert parallel.classes == serial.classes
