@@ -553,7 +553,7 @@ def build_html_report(work_dir: Path, out: Path, *, registry_version: dict[str, 
             "classes": comparison["class"].tolist(),
             "models": [m for m in MODEL_COLUMNS],
             "available": {m: metrics[m] is not None for m in MODEL_COLUMNS},
-            "keys": PER_CLASS_KEYS,
+            "metric_keys": PER_CLASS_KEYS,
             "cells": {(row["class"], m, k): row[f"{m}/{k}"] for _, row in comparison.iterrows()
                       for m in MODEL_COLUMNS for k in PER_CLASS_KEYS},
             "baseline": baseline,
@@ -761,9 +761,9 @@ Baseline: {{ comparison.baseline.reference or "unknown" }} ({{ comparison.baseli
 Production: {% if comparison.available.production %}v{{ comparison.production_version }}{% else %}none at decision time{% endif %}.</p>
 <table id="per-class-table"><thead>
 <tr><th class="l" rowspan="2">class</th>{% for m in comparison.models %}<th colspan="4">{{ m }}</th>{% endfor %}</tr>
-<tr>{% for m in comparison.models %}{% for k in comparison.keys %}<th>{{ k }}</th>{% endfor %}{% endfor %}</tr></thead><tbody>
+<tr>{% for m in comparison.models %}{% for k in comparison.metric_keys %}<th>{{ k }}</th>{% endfor %}{% endfor %}</tr></thead><tbody>
 {% for c in comparison.classes %}<tr{% if c == minority %} class="minority-row"{% endif %}><td class="l">{{ c }}</td>
-{% for m in comparison.models %}{% for k in comparison.keys %}{% set v = comparison.cells[(c, m, k)] %}<td data-class="{{ c }}" data-model="{{ m }}" data-metric="{{ k }}" data-value="{{ value_attr(v) }}">{{ fmt(v) }}</td>{% endfor %}{% endfor %}</tr>
+{% for m in comparison.models %}{% for k in comparison.metric_keys %}{% set v = comparison.cells[(c, m, k)] %}<td data-class="{{ c }}" data-model="{{ m }}" data-metric="{{ k }}" data-value="{{ value_attr(v) }}">{{ fmt(v) }}</td>{% endfor %}{% endfor %}</tr>
 {% endfor %}</tbody></table>
 </section>
 

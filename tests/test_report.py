@@ -40,7 +40,19 @@ def _untrained_baseline(path: Path, names: list[str]) -> Path:
     return path
 
 
-def tiny_pipeline_run(seaweedfs, real_dataset, tmp_path_factory) -> dict:
+def _prefect_api(request, root: Path) -> str:
+    """The session's Prefect server if one is up (local_stack), else a real one for these tests
+    (Prefect's temporary in-process server can miss its 20 s start limit on 2 busy cores)."""
+    from tasks.prefect_stack import PrefectServer, free_port
+
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    server = PrefectServer(root / "prefect-server", port=free_port(), ui=False)
+    request.config.add_cleanup(server.stop)
+    return server.start().api_url
+
+
+def tiny_pipeline_run(request, seaweedfs, real_dataset, tmp_path_factory) -> dict:
     """Run the flow once per test session (shared by the report tests); production = the baseline."""
     if "run" in _RUNS:
         return _RUNS["run"]
@@ -55,11 +67,13 @@ def tiny_pipeline_run(seaweedfs, real_dataset, tmp_path_factory) -> dict:
     data_yaml = copy_subset(real_dataset, root / "site-small", {"train": 8, "val": 4, "test": 3})
     names = yaml.safe_load(data_yaml.read_text())["names"]
     baseline = _untrained_baseline(root / "baseline.pt", list(names.values()) if isinstance(names, dict) else names)
-    settings = seaweedfs.settings()
-    with pytest.MonkeyPatch.context() as patch:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api_url = _prefect_api(request, root)
+    with pytest.MonkeyPatch.context() as patch, temporary_settings({PREFECT_API_URL: api_url}):
         for key, value in seaweedfs.env().items():
             patch.setenv(key, value)
-        store = ObjectStore(settings)
+        store = ObjectStore(seaweedfs.settings())
         store.ensure_bucket()
         registry = Registry(store, MODEL_NAME)
         production = registry.register({"weights/best.pt": baseline}, {"flow_run_id": "report-test-production"})
@@ -71,13 +85,14 @@ def tiny_pipeline_run(seaweedfs, real_dataset, tmp_path_factory) -> dict:
     flow_run_id = str(state.state_details.flow_run_id)
     work_dir = state_dir() / "pipeline" / report.run_key_for(flow_run_id)
     _RUNS["run"] = {"summary": summary, "flow_run_id": flow_run_id, "work_dir": work_dir, "store": store,
+                    "api_url": api_url,
                     "version": registry.get(summary["model"]), "production": production, "baseline": baseline}
     return _RUNS["run"]
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(seaweedfs, real_dataset, tmp_path_factory) -> dict:
-    return tiny_pipeline_run(seaweedfs, real_dataset, tmp_path_factory)
+def pipeline_run(request, seaweedfs, real_dataset, tmp_path_factory) -> dict:
+    return tiny_pipeline_run(request, seaweedfs, real_dataset, tmp_path_factory)
 
 
 class Page(HTMLParser):
@@ -105,12 +120,13 @@ class Page(HTMLParser):
             self.sections.append(attrs["id"])
         if tag == "img":
             self.images.append(attrs)
+        if tag in ("img", "meta", "br", "hr", "link", "input"):  # void elements: no end tag
             return
         self._open.append((tag, attrs))
         self._text[len(self._open)] = []
 
     def handle_endtag(self, tag):
-        if not self._open or tag == "img":
+        if not self._open or self._open[-1][0] != tag:
             return
         _, attrs = self._open.pop()
         text = "".join(self._text.pop(len(self._open) + 1, []))
@@ -212,9 +228,10 @@ def test_report_sections_from_a_real_run(pipeline_run):
 def test_prefect_artifacts_link_the_report_and_hold_the_tables(pipeline_run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     key = f"review-report-{MODEL_NAME}"
-    with get_client(sync_client=True) as client:
+    with temporary_settings({PREFECT_API_URL: pipeline_run["api_url"]}), get_client(sync_client=True) as client:
         links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
         tables = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=[f"per-class-comparison-{MODEL_NAME}"])))
@@ -225,7 +242,9 @@ def test_prefect_artifacts_link_the_report_and_hold_the_tables(pipeline_run):
         assert by_class[name]["new/AP50"] == values["AP50"]
 
 
-def test_report_of_a_past_run_by_flow_run_id_or_key(pipeline_run, tmp_path):
+def test_report_of_a_past_run_by_flow_run_id_or_key(pipeline_run, tmp_path, seaweedfs, monkeypatch):
+    for key, value in seaweedfs.env().items():
+        monkeypatch.setenv(key, value)
     from typer.testing import CliRunner
 
     from tasks.cli import app
@@ -267,33 +286,58 @@ def test_missing_parts_are_named_not_fatal(pipeline_run, tmp_path):
         report.build_html_report(tmp_path / "nope", tmp_path / "x.html")
 
 
-def test_wandb_report_spec_panels_match_what_the_run_logged(pipeline_run):
-    import wandb_workspaces.reports.v2 as wr
-
-    from tasks.tracking import offline_history
-
-    spec = report.wandb_report_spec(entity="acme", project="site-inspection-phase2", run_id="abc123",
+def _spec():
+    return report.wandb_report_spec(entity="acme", project="site-inspection-phase2", run_id="abc123",
                                     title="site-inspection-detector:v3 review", description="run abc123",
                                     html_link="s3://bucket/runs/abc123/report/report.html")
+
+
+def _panels(spec) -> list:
+    import wandb_workspaces.reports.v2 as wr
+
+    return [p for b in spec.blocks if isinstance(b, wr.PanelGrid) for p in b.panels]
+
+
+def _panel_keys(spec) -> tuple[set[str], set[str], set[str]]:
+    """(line plot y keys, media keys, table names) of the report's panels."""
+    import wandb_workspaces.reports.v2 as wr
+
+    panels = _panels(spec)
+    return ({key for p in panels if isinstance(p, wr.LinePlot) for key in p.y},
+            {key for p in panels if isinstance(p, wr.MediaBrowser) for key in p.media_keys},
+            {p.table_name for p in panels if isinstance(p, wr.WeavePanelSummaryTable)})
+
+
+def test_wandb_report_spec_panels():
+    """Built with no network (saving it needs W&B online)."""
+    import wandb_workspaces.reports.v2 as wr
+
+    spec = _spec()
+    assert (spec.entity, spec.project, spec.title) == ("acme", "site-inspection-phase2",
+                                                       "site-inspection-detector:v3 review")
     grids = [b for b in spec.blocks if isinstance(b, wr.PanelGrid)]
-    panels = [p for g in grids for p in g.panels]
+    panels = _panels(spec)
     # Every grid shows exactly this run.
     assert all(len(g.runsets) == 1 and g.runsets[0].filters == "ID = 'abc123'" and g.runsets[0].entity == "acme"
                for g in grids)
-    lines = [p for p in panels if isinstance(p, wr.LinePlot)]
-    assert all(p.x == "epoch" for p in lines)
-    plotted = {key for p in lines for key in p.y}
+    assert all(p.x == "epoch" for p in panels if isinstance(p, wr.LinePlot))
+    plotted, media, tables = _panel_keys(spec)
     assert {"metrics/precision", "metrics/recall", "metrics/mAP50", "metrics/mAP50-95", "lr/pg0",
             "train/box_loss", "val/cls_loss"} <= plotted
-    media = {key for p in panels if isinstance(p, wr.MediaBrowser) for key in p.media_keys}
-    tables = {p.table_name for p in panels if isinstance(p, wr.WeavePanelSummaryTable)}
-    assert {"selection/pr_curve", "selection/confusion_matrix", "report/detections"} <= media
-    assert {"report/per_class_comparison", "promotion/comparison", "selection/candidates"} <= tables
+    assert {"validation/class_counts", "dataset/balance", "selection/pr_curve", "selection/confusion_matrix",
+            "report/detections"} <= media
+    assert {"report/per_class_comparison", "report/timings", "promotion/comparison", "selection/candidates",
+            "selection/per_class_val"} <= tables
+    assert [b.text for b in spec.blocks if isinstance(b, wr.H2)][0] == "Training curves per epoch"
     assert any(isinstance(b, wr.P) and "s3://bucket/runs/abc123/report/report.html" in str(b.text)
                for b in spec.blocks)
-    assert "abc123" in json.dumps(spec._to_model().model_dump(by_alias=True, mode="json"))
 
-    # Each panel's key was really logged by the pipeline's steps (offline run read back).
+
+def test_wandb_report_panels_show_what_the_run_logged(pipeline_run):
+    """Each panel's key was really logged by the pipeline's steps (offline run read back)."""
+    from tasks.tracking import offline_history
+
+    plotted, media, tables = _panel_keys(_spec())
     run_dir = Path(pipeline_run["summary"]["wandb_run"].removeprefix("offline:"))
     logged = {key for row in offline_history(run_dir) for key in row}
     assert plotted | media | tables <= logged, sorted((plotted | media | tables) - logged)

@@ -1,0 +1,105 @@
+"""The review report of a real tiny run, rendered by headless Chromium (Debian's `chromium`).
+
+Checked from the rendered page: every chart and image decoded with a non-zero size, and the
+per-class table values equal the registry version's metrics. A probe script (the only change
+to the page: the report itself has no scripts, and its CSP allows inline scripts only for it)
+writes its findings into the DOM, which `--dump-dom` prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tasks import report
+from tests.test_report import tiny_pipeline_run
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images].map(i => ({name: i.dataset.name, cls: i.className,
+    complete: i.complete, width: i.naturalWidth, height: i.naturalHeight, shown: i.getBoundingClientRect().width}));
+  const cells = [...document.querySelectorAll("#per-class-table td[data-metric]")].map(td => ({
+    cls: td.dataset.class, model: td.dataset.model, metric: td.dataset.metric, value: td.dataset.value,
+    text: td.textContent}));
+  const out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify({images, cells});
+  document.body.appendChild(out);
+});
+</script>"""
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing under CI: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("chromium not installed (apt-get install -y --no-install-recommends chromium)")
+    return CHROMIUM
+
+
+def _chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([binary, *FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_report_renders_in_chromium(chromium, request, seaweedfs, real_dataset, tmp_path_factory, tmp_path):
+    run = tiny_pipeline_run(request, seaweedfs, real_dataset, tmp_path_factory)
+    html = (run["work_dir"] / "report" / "report.html").read_text()
+    probed = tmp_path / "probed.html"
+    page = html.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';", 1)
+    probed.write_text(page.replace("</body>", PROBE + "</body>", 1))
+
+    dom = _chromium(chromium, tmp_path / "profile-dom", "--virtual-time-budget=10000", "--dump-dom",
+                    probed.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    match = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
+    assert match, "the probe did not run: " + dom.stdout[-500:]
+    result = json.loads(match.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+                        .replace("&quot;", '"'))
+
+    images = result["images"]
+    names = [i["name"] for i in images]
+    for expected in ("Training curves per epoch", "Class counts per split, before and after rebalancing",
+                     "PR curve, val split", "Confusion matrix, val split", "Task run durations"):
+        assert expected in names
+    tiles = json.loads((run["work_dir"] / "report" / "detections" / "detections.json").read_text())["tiles"]
+    assert sum(i["cls"] == "tile" for i in images) == len(tiles) > 0
+    broken = [i for i in images if not (i["complete"] and i["width"] > 0 and i["height"] > 0 and i["shown"] > 0)]
+    assert not broken, broken
+
+    # The table the reviewer reads holds exactly the registered version's numbers.
+    cells = {(c["cls"], c["metric"]): c for c in result["cells"] if c["model"] == "new"}
+    metrics = run["version"].metrics["val"]
+    checked = 0
+    for name, values in metrics["per_class"].items():
+        for key in report.PER_CLASS_KEYS:
+            cell = cells[(name, key)]
+            if values[key] is None:
+                assert cell["text"] == "–" and cell["value"] == ""
+            else:
+                assert float(cell["value"]) == values[key] and cell["text"] == f"{values[key]:.4f}"
+                checked += 1
+    assert checked > 0
+
+    # A screenshot of the report itself (no probe) as a test artifact.
+    screenshot = tmp_path / "report-screenshot.png"
+    shot = _chromium(chromium, tmp_path / "profile-shot", "--window-size=1280,2400", "--hide-scrollbars",
+                     f"--screenshot={screenshot}", (run["work_dir"] / "report" / "report.html").as_uri())
+    assert shot.returncode == 0 and screenshot.stat().st_size > 20_000, shot.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(screenshot) as image:
+        assert image.size == (1280, 2400)
+        assert len(image.convert("L").getcolors(1 << 16) or []) > 50  # not a blank page
