@@ -324,6 +324,36 @@ def recover(dry_run: Annotated[bool, typer.Option(help="Only list the orphaned r
         typer.echo("no orphaned runs")
 
 
+# --- review report (tasks/report.py) ---
+
+
+@app.command("report")
+def report_command(
+    run: Annotated[str, typer.Argument(help="Run key (folder under <state>/pipeline) or Prefect flow run id.")],
+    out: Annotated[Optional[Path], typer.Option(help="Also copy the HTML here.")] = None,
+    open_it: Annotated[bool, typer.Option("--open", help="Open it in the default browser.")] = False,
+    rebuild: Annotated[bool, typer.Option(help="Build it again from the run's files.")] = False,
+) -> None:
+    """The self-contained HTML review report of a past run: local copy, else S3, else built."""
+    import shutil
+    import webbrowser
+
+    from tasks.report import ReportError, report_for_run
+    from tasks.services import resolve_s3_settings
+    from tasks.storage import ObjectStore
+
+    try:
+        html = report_for_run(run, rebuild=rebuild, store=ObjectStore(resolve_s3_settings()))
+    except ReportError as error:
+        _fail(error)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(html, out)
+        html = out
+    typer.echo(str(html))
+    if open_it:
+        webbrowser.open(html.resolve().as_uri())
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -114,6 +114,22 @@ def test_refuses_a_non_empty_target_and_leaves_it_alone(tmp_path):
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
 
 
+def test_train_baseline_returns_the_trained_best_pt(tmp_path):
+    import torch
+
+    from tasks.synthetic import train_baseline
+
+    tiny = DEMO_SETTINGS.model_copy(
+        update=dict(imgsz=96, baseline=dict(epochs=1, batch=4, nbs=4, mosaic=0.0))
+    )
+    data_yaml = generate_synthetic_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=1, imgsz=96)
+    best = train_baseline(data_yaml, tmp_path / "runs", settings=tiny)
+    assert best == tmp_path / "runs" / "baseline" / "weights" / "best.pt"
+    checkpoint = torch.load(best, weights_only=False)  # our own file, just written
+    assert checkpoint["train_args"]["imgsz"] == 96
+    assert list(checkpoint["model"].names.values()) == list(CLASS_NAMES)
+
+
 @pytest.mark.slow
 def test_demo_recipe_learns_the_scenes_to_map50_half(tmp_path):
     """The demo as `make run` does it: from-scratch baseline, then fine-tune; val mAP50 >= 0.5."""
