@@ -44,6 +44,7 @@ def phase2(
     selection = steps.select_checkpoint(trained, dataset, validation, ctx)
     registered = steps.register_model(selection, trained, dataset, ctx)
     decision = steps.promote_model(registered, selection, dataset, validation, ctx)
+    review = steps.build_report(registered, selection, decision, dataset, ctx)
     return steps.finish_run(ctx, {
         "status": "completed",
         "model": registered.ref,
@@ -53,4 +54,6 @@ def phase2(
         "val_mAP50": selection.val.metrics["overall"]["mAP50"],
         "dataset_version": dataset.version_id,
         "run_uri": trained.run_uri,
+        "report": review.uri,
+        "wandb_report": review.wandb_report,
     })

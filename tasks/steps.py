@@ -406,6 +406,63 @@ def promote_model(registered: Registered, selection, dataset: DatasetVersion, va
     return decision
 
 
+# --- 7. review report ------------------------------------------------------------------------
+
+class ReviewReport(BaseModel):
+    html: Path
+    uri: str | None
+    wandb_report: str | None
+
+
+@task(name="build_report", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
+def build_report(registered: Registered, selection, decision, dataset: DatasetVersion,
+                 ctx: RunContext) -> ReviewReport:
+    configure_environment()
+    from tasks import report
+    from tasks.registry import Registry
+
+    store = object_store()
+    registry = Registry(store, ctx.model_name)
+    version = registry.get(registered.ref).model_dump(mode="json")
+    baseline_weights = None if ctx.baseline.endswith((".yaml", ".yml")) else \
+        registry.resolve_reference(ctx.baseline, cache_dir=state_dir() / "weights")
+    report.prepare_report_inputs(
+        ctx.work_dir, data_yaml=dataset.data_yaml, winner_weights=selection.winner,
+        imgsz=selection.val.protocol.imgsz, baseline_reference=ctx.baseline, baseline_weights=baseline_weights,
+        promotion=decision.model_dump(mode="json"),
+        timings=report.task_timings(ctx.flow_run_id) if ctx.flow_run_id else None)
+    run = tracker(ctx)
+    html_uri = store.uri(f"{ctx.s3_prefix}/report/report.html")
+    links = {"this report in S3": html_uri, "model manifest": registered.manifest_uri, "W&B run": run.run_path}
+    tables = report.report_tables(ctx.work_dir, version)
+    run.log_table("report/per_class_comparison", tables["per-class-comparison"])
+    run.log_table("report/timings", tables["timings"])
+    run.log_images(report.wandb_images(ctx.work_dir))
+    wandb_url = None
+    if run.offline:
+        logger().info("W&B is offline: W&B Report skipped (sync the run and rebuild online to get one)")
+    else:
+        spec = report.wandb_report_spec(entity=run.run.entity, project=run.run.project, run_id=run.run.id,
+                                        title=f"{registered.ref} review (run {ctx.run_key})",
+                                        description=f"Phase 2 run {ctx.run_key}: {registered.ref}",
+                                        html_link=html_uri)
+        wandb_url = report.publish_wandb_report(spec)
+        links["W&B report"] = wandb_url
+        if registered.wandb_artifact:
+            report.link_report_to_artifact(f"{run.run.entity}/{run.run.project}/{registered.wandb_artifact}",
+                                           wandb_url)
+        create_link_artifact(link=wandb_url, link_text=f"W&B report {registered.ref}",
+                             key=_artifact_key(ctx, "wandb-report"), description="W&B Report of this run")
+    html = report.build_html_report(ctx.work_dir, ctx.work_dir / "report" / "report.html",
+                                    registry_version=version, links=links)
+    uris = publish_files(ctx, "report", {"report.html": html})
+    create_link_artifact(link=uris["report.html"], link_text=f"Review report {registered.ref}",
+                         key=_artifact_key(ctx, "review-report"), description="Self-contained HTML review report")
+    _table(ctx, "per-class-comparison", tables["per-class-comparison"], "Per class (val): new, baseline, production")
+    _table(ctx, "task-timings", tables["timings"], "Task run timings")
+    return ReviewReport(html=html, uri=uris["report.html"], wandb_report=wandb_url)
+
+
 # --- wrap up --------------------------------------------------------------------------------
 
 @task(name="finish_run")
