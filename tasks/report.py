@@ -336,6 +336,7 @@ def training_curves_png(results: pd.DataFrame, best_epoch: int | None, stop_reas
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
     for ax, (title, series) in zip(axes.flat, CURVES):
@@ -346,6 +347,7 @@ def training_curves_png(results: pd.DataFrame, best_epoch: int | None, stop_reas
             ax.axvline(best_epoch, color="tab:green", linestyle="--", linewidth=1, label=f"best epoch {best_epoch}")
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     last = int(results["epoch"].iloc[-1])
     for ax in axes.flat:
@@ -430,11 +432,11 @@ def _dataset_section(work_dir: Path) -> dict[str, Any]:
     else:
         section["version_id"] = manifest["version_id"]
         section["repaired_leaks"] = _table(pd.DataFrame(
-            [{"group": leak["group_id"][:12], "kept in": leak["kept_split"],
+            [{"group": leak["group_id"], "kept in": leak["kept_split"],
               "moved": ", ".join(f"{Path(m['image']).name} ({m['split']})" for m in leak["members"])}
              for leak in manifest["repaired_leaks"]], columns=["group", "kept in", "moved"]))
         section["moved_groups"] = _table(pd.DataFrame(
-            [{"group": g["group_id"][:12], "from": g["from_split"], "to": g["to_split"], "images": len(g["images"]),
+            [{"group": g["group_id"], "from": g["from_split"], "to": g["to_split"], "images": len(g["images"]),
               "instances": ", ".join(f"{k}: {v}" for k, v in g["instances"].items() if v)}
              for g in manifest["moved_groups"]], columns=["group", "from", "to", "images", "instances"]))
     balance_csv = work_dir / "dataset" / "balance.csv"
@@ -678,9 +680,9 @@ TEMPLATE = r"""<!DOCTYPE html>
 <style>
 body{font-family:system-ui,-apple-system,"DejaVu Sans",sans-serif;margin:0 auto;max-width:1280px;padding:1em 2em;color:#222}
 h1{font-size:1.6em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.88em} th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em;display:block;overflow-x:auto;max-width:100%} th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
 th{background:#f3f3f3} td.l,th.l{text-align:left} .missing{color:#a60;font-style:italic}
-figure{margin:.8em 0} figure img{max-width:100%;border:1px solid #ddd} figcaption{font-size:.85em;color:#555}
+figure{margin:.8em 0} figure img{max-width:100%;border:1px solid #ddd} figcaption{font-size:.85em;color:#555;overflow-wrap:anywhere}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
 .grid figure{margin:0} .minority{outline:3px solid #e69500}
 .decision{font-size:1.2em;font-weight:bold;padding:.4em .8em;display:inline-block;border-radius:4px}
@@ -780,7 +782,7 @@ Production: {% if comparison.available.production %}v{{ comparison.production_ve
 
 <section id="timings"><h2>Timings per task</h2>
 {% if timings %}<table id="timings-table"><thead><tr><th class="l">task</th><th class="l">state</th><th class="l">start</th><th class="l">end</th><th>seconds</th></tr></thead><tbody>
-{% for t in timings %}<tr><td class="l">{{ t.task }}</td><td class="l">{{ t.state }}</td><td class="l">{{ t.start }}</td><td class="l">{{ t.end or "running" }}</td><td>{{ fmt(t.duration_s) }}</td></tr>{% endfor %}
+{% for t in timings %}<tr><td class="l">{{ t.task }}</td><td class="l">{{ t.state }}</td><td class="l">{{ t.start }}</td><td class="l">{{ t.end or "running" }}</td><td>{{ "%.1f"|format(t.duration_s) if t.duration_s is not none else "–" }}</td></tr>{% endfor %}
 </tbody></table>
 {% if timings_chart %}{{ figures([timings_chart]) }}{% endif %}
 {% else %}<p class="missing">Not available: report/timings.json</p>{% endif %}

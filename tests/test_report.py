@@ -192,7 +192,7 @@ def test_report_sections_from_a_real_run(pipeline_run):
         assert code in page.by_id["findings"]
     manifest = json.loads((work_dir / "dataset" / "manifest.json").read_text())
     for leak in manifest["repaired_leaks"]:
-        assert leak["group_id"][:12] in page.by_id["leaks-repaired"]
+        assert leak["group_id"] in page.by_id["leaks-repaired"]
 
     # Selection: every candidate re-evaluated is listed, the winner named.
     import pandas as pd
