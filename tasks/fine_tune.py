@@ -137,6 +137,8 @@ class _CheckpointUploader:
         if not self.store or not self.weights_dir.exists():
             return
         for path in sorted(self.weights_dir.glob("*.pt")):
+            if path.name.startswith(".upload-"):
+                continue  # our own snapshot of a file being uploaded (pathlib's * matches dotfiles)
             try:
                 st = path.stat()
             except FileNotFoundError:

@@ -20,6 +20,7 @@ import pytest
 
 from tasks.fine_tune import (
     ResumeError,
+    _CheckpointUploader,
     TrainingFailed,
     checkpoint_is_complete,
     checkpoint_state,
@@ -124,6 +125,7 @@ def test_two_epochs_stream_to_wandb_and_checkpoints_to_s3(data_yaml, tmp_path, o
     assert object_store.head("runs/r1/train/results.csv")["sha256"] == sha256_file(result.results_csv)
     assert result.run_uri == object_store.uri("runs/r1/train")
     assert object_store.exists("runs/r1/train/COMPLETE.json")
+    assert {key.rsplit("/", 1)[1] for key in object_store.list("runs/r1/train/weights/")} == {"last.pt", "best.pt"}
 
     # Ultralytics would train on cpu_count-1 threads; the child sets all cores.
     assert f"torch threads: {os.cpu_count()}" in (tmp_path / "train.log").read_text()
@@ -232,3 +234,20 @@ def test_torn_last_pt_is_recovered_from_s3_else_refused(data_yaml, tmp_path, obj
     result = fine_tune(store=object_store, poll_s=0.2, **common)
     assert [int(float(r["epoch"])) for r in read_results(save_dir / "results.csv")] == [1, 2]
     assert (result.epochs_trained_this_attempt, result.resumed_from_epoch) == (1, 1)
+
+
+def test_uploader_skips_its_own_snapshots(tmp_path, object_store):
+    """The upload snapshot `.upload-last.pt` sits next to last.pt while it uploads; a poll in that
+    time must not treat it as a checkpoint (pathlib's `*.pt` matches dotfiles)."""
+    import torch
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save({"epoch": 0}, weights / "last.pt")
+    shutil.copy(weights / "last.pt", weights / ".upload-last.pt")
+    uploader = _CheckpointUploader(object_store, "runs/u/train", weights)
+    uploader.poll()
+    uploader.poll()  # unchanged for one poll: uploaded
+    uploader.finish()
+    assert object_store.list("runs/u/train/") == ["runs/u/train/weights/last.pt"]
+    assert uploader.errors == []
