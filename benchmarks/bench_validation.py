@@ -8,7 +8,7 @@
    decode cache off) and re-run (Ultralytics reuses labels.cache, our content-keyed decode cache
    is warm). Target: ratio <= 1.0.
 2. Label-only path (`check_images=False`) on a generated 100,000-label dataset (images are
-   hard links to one small JPEG), versus the anchor of merely reading the same label files.
+   hard links to a few tiny JPEGs), versus the anchor of merely reading the same label files.
    Target: >= 20,000 label files/s on 2 cores.
 
 Run: .venv/bin/python benchmarks/bench_validation.py [--repeats 5] [--labels 100000]
