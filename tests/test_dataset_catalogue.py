@@ -438,3 +438,17 @@ def test_label_parser_never_crashes(tmp_path, content):
     assert result.state in {"empty", "ok", "invalid"}
     assert all(0 <= c < 4 and w > 0 and h > 0 for _, c, _, _, w, h in result.boxes)
     assert all(f.file == str(label) for f in result.findings)
+
+
+def test_segment_labels_convert_only_into_a_copy(tmp_path):
+    from tasks.dataset_validation import convert_segment_labels
+
+    source = tmp_path / "poly.txt"
+    source.write_text("2 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n0 0.5 0.5 0.2 0.2\n")
+    before = source.read_bytes()
+    out = tmp_path / "converted" / "poly.txt"
+    assert convert_segment_labels(source, out) == 1
+    assert source.read_bytes() == before
+    rows = [list(map(float, line.split())) for line in out.read_text().splitlines()]
+    assert rows[0] == pytest.approx([2, 0.3, 0.4, 0.4, 0.4]) and rows[1] == [0, 0.5, 0.5, 0.2, 0.2]
+    assert _parse_label(str(out), nc=4).findings == []
