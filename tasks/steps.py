@@ -189,7 +189,7 @@ def validate_dataset(data: str, ctx: RunContext) -> ValidationOutput:
     imgsz = recipe.train.imgsz if isinstance(recipe.train.imgsz, int) else 640
     target = recipe.rebalance.targets.get(MINORITY_CLASS, 18)
     report = run_validation(Path(data), imgsz=imgsz, phash_threshold=recipe.validation.phash_threshold,
-                            minority_val_target=target)
+                            minority_val_target=target, cache_dir=state_dir() / "validation-cache")
     paths = report.write(ctx.work_dir / "validation")
     uris = publish_files(ctx, "validation", paths)
     summary = paths["summary.md"].read_text()
