@@ -55,7 +55,7 @@ WANDB_IMAGES = {
     "Detections (ground truth green, predictions red)": ["report/detections"],
 }
 WANDB_TABLES = {
-    "Dataset": ["dataset/balance"],
+    "Dataset": ["dataset/balance_table"],
     "Selection": ["selection/candidates", "selection/per_class_val"],
     "Per class: new vs baseline vs production": ["report/per_class_comparison"],
     "Promotion": ["promotion/comparison"],

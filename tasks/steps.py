@@ -248,7 +248,7 @@ def rebalance_validation(data: str, validation: ValidationOutput, ctx: RunContex
     ), "Validation rebalancing")
     run = tracker(ctx)
     run.log_images({"dataset/balance": result.balance_png})
-    run.log_table("dataset/balance", balance.to_dict(orient="records"))
+    run.log_table("dataset/balance_table", balance.to_dict(orient="records"))
     run.summary({"dataset/version_id": result.version_id, "dataset/moved_groups": len(result.moved_groups),
                  "dataset/repaired_leaks": len(result.repaired_leaks)})
     return DatasetVersion(data_yaml=result.data_yaml, version_id=result.version_id,
