@@ -5,6 +5,7 @@ The same models type the flow's parameters, so the Prefect UI renders them as a 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from tasks.registry import PromotionRule
 from tasks.selection import SelectionPolicy
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_UNION_MEMBER = re.compile(r"^(int|float|str|bool|none|literal\[.*\]|function-.*|constrained-.*)$")
 
 
 class RecipeError(ValueError):
@@ -37,6 +39,8 @@ class TrainArgs(BaseModel):
         640, description="Training size in px, or 'native': the dataset's recommended size."
     )
     batch: int = Field(8, ge=-1, description="Images per batch (-1: Ultralytics auto-batch on GPU).")
+    nbs: PositiveInt = Field(64, description="Nominal batch: gradients accumulate to it (and weight decay "
+                             "scales by batch/nbs). On small datasets nbs=batch gives more optimizer steps.")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, mps, 0, or '0,1' for DDP.")
     workers: int = Field(4, ge=0)
     optimizer: Literal["SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD", "auto"] = "AdamW"
@@ -80,8 +84,6 @@ class TrainArgs(BaseModel):
     @classmethod
     def _known_model(cls, value: str) -> str:
         if value.endswith((".yaml", ".yml")) and "/" not in value:
-            import re
-
             if not re.fullmatch(r"yolo(v8|11|12|26)?[nsmlx]?\.ya?ml", value):
                 raise ValueError(f"unknown model yaml {value!r}; use e.g. yolo11n.yaml or yolo11s.yaml")
         return value
@@ -141,12 +143,13 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        lines = []
+        problems: dict[str, list[str]] = {}
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
+            # Union members show up in loc ("imgsz.int", "imgsz.literal['native']"): keep field names.
+            key = ".".join(str(p) for p in err["loc"] if not _UNION_MEMBER.match(str(p)))
             hint = "remove it or fix its spelling" if err["type"] == "extra_forbidden" else "fix the value"
-            lines.append(f"{path}: {key}: {err['msg']} ({hint})")
-        raise RecipeError("\n".join(lines)) from None
+            problems.setdefault(key, []).append(f"{err['msg']} ({hint})")
+        raise RecipeError("\n".join(f"{path}: {key}: {'; or '.join(msgs)}" for key, msgs in problems.items())) from None
 
 
 class LintWarning(BaseModel):

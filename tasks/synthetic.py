@@ -57,7 +57,7 @@ class DemoSettings(BaseModel):
     finetune: dict[str, Any]
 
 
-DEMO_SETTINGS_FILE = PROJECT_ROOT / "configs" / "demo-baseline.yaml"
+DEMO_SETTINGS_FILE = PROJECT_ROOT / "configs" / "demo" / "phase1-baseline.yaml"
 DEMO_SETTINGS = DemoSettings.model_validate(yaml.safe_load(DEMO_SETTINGS_FILE.read_text()))
 
 

@@ -25,7 +25,7 @@ SEED_VALUES = {
 }
 
 
-# configs/ also holds non-recipe settings (demo-baseline.yaml, read by tasks/synthetic.py).
+# configs/demo/ holds the demo baseline settings (not a recipe, read by tasks/synthetic.py).
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("phase2-*.yaml")), ids=lambda p: p.name)
 def test_every_config_loads(path):
     recipe = load_recipe(path)
