@@ -11,7 +11,6 @@ Prefect state hooks (``on_failure``, ``on_crashed``, ``on_completion``) call
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
