@@ -218,6 +218,7 @@ def fine_tune(
     tracker=None,
     poll_s: float = 1.0,
     on_epoch: Callable[[dict[str, str]], None] | None = None,
+    logger: logging.Logger | logging.LoggerAdapter = log,
 ) -> FineTuneResult:
     """Train (or resume) into `save_dir`; stream epochs; upload checkpoints; return the summary.
 
@@ -232,6 +233,10 @@ def fine_tune(
     if (marker := save_dir / COMPLETE_MARKER).exists():
         return FineTuneResult.model_validate_json(marker.read_text())
 
+    if str(weights).endswith(".pt") and not checkpoint_is_complete(Path(weights)):
+        # Refused before anything unpickles it: a clear message instead of the child's traceback.
+        raise TrainingFailed(f"{weights}: not a PyTorch checkpoint (missing, or not the zip torch.save writes); "
+                             "pass an Ultralytics .pt such as the baseline's best.pt")
     started = time.monotonic()
     last = weights_dir / "last.pt"
     _restore_from_store(store, run_prefix, save_dir)
@@ -258,7 +263,7 @@ def fine_tune(
     elif save_dir.exists():
         shutil.rmtree(save_dir)  # leftovers of an attempt that never saved an epoch
     if finished:
-        log.info("%s already finished training; summarizing it", save_dir)
+        logger.info("%s already finished training; summarizing it", save_dir)
         return _summarize(save_dir, store, run_prefix, train_args, tracker, started, 0, None, None, {})
     rows_before = len(read_results(results_csv)) if resume_epoch else 0
 
@@ -274,13 +279,12 @@ def fine_tune(
     spec_file.write_text(json.dumps(spec, indent=2, default=str))
     log_file = save_dir.parent / f"{save_dir.name}.log"
     if resume_epoch:
-        log.info("Resuming %s after epoch %d of %d", save_dir, resume_epoch, epochs)
+        logger.info("Resuming %s after epoch %d of %d", save_dir, resume_epoch, epochs)
 
     uploader = _CheckpointUploader(store, run_prefix, weights_dir)
     # Rows of earlier attempts were streamed by them (the parent streams every row present when
     # the child exits); sending them again would duplicate those epochs in the resumed W&B run.
     streamed = rows_before
-    epoch_started = time.monotonic()
     peak = None
     with log_file.open("ab") as out:
         proc = subprocess.Popen(
@@ -300,9 +304,8 @@ def fine_tune(
                         now = time.monotonic()
                         done = epoch - rows_before
                         s_epoch = (now - started) / done
-                        log.info("epoch %d/%d  mAP50 %s  %.1f s/epoch  ETA %.0f s", epoch, epochs,
-                                 row.get("metrics/mAP50(B)", "?"), s_epoch, s_epoch * (epochs - epoch))
-                        epoch_started = now
+                        logger.info("epoch %d/%d  mAP50 %s  %.1f s/epoch  ETA %.0f s", epoch, epochs,
+                                    row.get("metrics/mAP50(B)", "?"), s_epoch, s_epoch * (epochs - epoch))
                     if on_epoch:
                         on_epoch(row)
                 streamed = len(rows)

@@ -272,13 +272,10 @@ def fine_tune(dataset: DatasetVersion, validation: ValidationOutput, ctx: RunCon
         weights = start  # from scratch
     else:
         weights = str(Registry(store, ctx.model_name).resolve_reference(start, cache_dir=state_dir() / "weights"))
-    log = logger()
     result = run_fine_tune(
         weights=weights, data_yaml=dataset.data_yaml, train_args=recipe.train.ultralytics_kwargs(imgsz),
         save_dir=ctx.work_dir / "train", store=store, run_prefix=f"{ctx.s3_prefix}/train",
-        tracker=tracker(ctx),
-        on_epoch=lambda row: log.info("epoch %s/%s mAP50 %s", row.get("epoch"), recipe.train.epochs,
-                                      row.get("metrics/mAP50(B)")),
+        tracker=tracker(ctx), logger=logger(),
     )
     tracker(ctx).summary({"train/best_epoch": result.best_epoch, "train/stop_reason": result.stop_reason,
                           "train/wall_time_s": result.wall_time_s, "train/s_per_epoch": result.s_per_epoch,
