@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.plugins.data",
     "tests.plugins.s3",
     "tests.plugins.prefect_stack",
+    "tests.plugins.reliability",
 ]

@@ -1,0 +1,212 @@
+"""Secrets never leak; untrusted weights are never unpickled.
+
+The secret scan runs the real phase2 flow (tiny recipe, real data) in its own process against a
+dedicated Prefect server and a dedicated SeaweedFS that enforces known fake credentials, with
+more fake secrets in the environment, then reads back everything the run produced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.fine_tune import TrainingFailed, fine_tune
+from tasks.prefect_stack import PrefectServer, free_port
+from tasks.registry import Registry
+from tasks.services import SeaweedFS, SeaweedPorts
+from tasks.settings import PROJECT_ROOT
+from tasks.storage import IntegrityError, ObjectStore
+from tests.test_e2e_deployment import TINY_RECIPE
+from tests.test_notifications import WebhookReceiver
+
+# Recognisable fake secrets: any occurrence anywhere is a leak.
+FAKE_S3 = {"AWS_ACCESS_KEY_ID": "PHASE2CANARYKEYID7Q3", "AWS_SECRET_ACCESS_KEY": "canary-s3-secret-Zq8vX3pL9wK2mN5r"}
+FAKE_OTHER = {"AWS_SESSION_TOKEN": "canary-session-token-Hj4kL8pQ2w", "PHASE2_EXTRA_API_TOKEN": "canary-api-token-Rt6yU1iO"}
+WEBHOOK_TOKEN = "canary-webhook-token-Bn3mV7cX"
+# Variables a flow process must not inherit from the test session (it gets its own state dir).
+_SESSION_PREFIXES = ("WANDB_", "YOLO_", "PREFECT_", "PHASE2_", "AWS_")
+
+
+@dataclass
+class FlowProcess:
+    """A phase2 flow run in its own process (own state dir) against one Prefect server."""
+
+    proc: subprocess.Popen
+    state: Path
+    output: Path
+
+    def wait(self, timeout: float) -> tuple[int, str]:
+        code = self.proc.wait(timeout=timeout)
+        return code, self.output.read_text(errors="replace")
+
+
+def flow_env(state: Path, api_url: str, s3_env: dict[str, str], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SESSION_PREFIXES)}
+    return {**env, "PHASE2_STATE_DIR": str(state), "PREFECT_API_URL": api_url, **s3_env, **extra}
+
+
+def start_flow(state: Path, env: dict[str, str], **parameters) -> FlowProcess:
+    """`phase2(**parameters)` in a child process; stdout+stderr go to <state>/../flow-<n>.out."""
+    state.mkdir(parents=True, exist_ok=True)
+    output = state.parent / f"flow-{uuid.uuid4().hex[:6]}.out"
+    script = ("from tasks.settings import configure_environment; configure_environment()\n"
+              "import json, sys\nfrom flows.phase2 import phase2\n"
+              f"result = phase2(**json.loads({json.dumps(json.dumps(parameters))}))\n"
+              "print('FLOW RESULT', json.dumps(result, default=str))\n")
+    with output.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return FlowProcess(proc, state, output)
+
+
+def tiny_recipe_file(folder: Path, **train) -> Path:
+    recipe = {**TINY_RECIPE, "train": {**TINY_RECIPE["train"], **train}}
+    path = folder / "tiny-recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture
+def prefect_server(tmp_path) -> Iterator[PrefectServer]:
+    server = PrefectServer(tmp_path / "prefect-server", port=free_port(), ui=False).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def prefect_client(api_url: str):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class _Client:
+        def __enter__(self):
+            self._settings = temporary_settings({PREFECT_API_URL: api_url})
+            self._settings.__enter__()
+            self._client = get_client(sync_client=True)
+            return self._client.__enter__()
+
+        def __exit__(self, *exc):
+            self._client.__exit__(*exc)
+            self._settings.__exit__(*exc)
+
+    return _Client()
+
+
+def occurrences(blob: bytes, secrets: list[str]) -> dict[str, int]:
+    return {s: blob.count(s.encode()) for s in secrets if blob.count(s.encode())}
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_flow_run_leaks_no_secret(small_real_dataset, tmp_path, prefect_server, monkeypatch, reliability_log):
+    for key, value in FAKE_S3.items():  # the dedicated SeaweedFS enforces exactly these
+        monkeypatch.setenv(key, value)
+    s3 = SeaweedFS(tmp_path / "s3-server", ports=SeaweedPorts.free()).start()
+    receiver = WebhookReceiver()
+    secrets = [*FAKE_S3.values(), *FAKE_OTHER.values(), WEBHOOK_TOKEN]
+    try:
+        state = tmp_path / "flow-state"
+        env = flow_env(state, prefect_server.api_url, s3.env(), **FAKE_OTHER,
+                       PHASE2_NOTIFY_WEBHOOK=f"{receiver.url}/{WEBHOOK_TOKEN}")
+        flow = start_flow(state, env, data=str(small_real_dataset), baseline="yolo11n.yaml",
+                          recipe_name=str(tiny_recipe_file(tmp_path)))
+        code, console = flow.wait(timeout=800)
+        assert code == 0, console[-4000:]
+        receiver.wait_for("promoted")
+
+        with prefect_client(prefect_server.api_url) as client:
+            from prefect.client.schemas.filters import (
+                ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, LogFilter,
+                LogFilterFlowRunId)
+
+            (flow_run,) = client.read_flow_runs()
+            ids = [flow_run.id]
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200)
+            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
+        assert flow_run.state.is_completed() and len(logs) > 5 and len(artifacts) > 5 and len(task_runs) >= 8
+
+        store = ObjectStore(s3.settings())
+        keys = store.list()
+        state_files = [p for p in state.rglob("*") if p.is_file()]
+        wandb_files = [p for p in state_files if "wandb" in p.parts]
+        report_html = [p for p in state_files if p.name == "report.html"]
+        assert keys and wandb_files and report_html and any(p.suffix == ".wandb" for p in wandb_files)
+        assert os.environ.get("WANDB_API_KEY") is None
+        assert any("offline-run-" in str(p) for p in wandb_files), "W&B must have stayed offline"
+
+        places = {
+            "console output": [console.encode()],
+            "Prefect logs": [log.model_dump_json().encode() for log in logs],
+            "flow run (parameters, state)": [flow_run.model_dump_json().encode()],
+            "task runs": [t.model_dump_json().encode() for t in task_runs],
+            "Prefect artifacts": [a.model_dump_json().encode() for a in artifacts],
+            "S3 objects": [store.get_bytes(k)[0] for k in keys],
+            "state dir (W&B run files, reports, logs)": [p.read_bytes() for p in state_files],
+            "webhook messages": receiver.raw,
+        }
+        leaks = {where: found for where, blobs in places.items() for blob in blobs
+                 if (found := occurrences(blob, secrets))}
+        tried = sum(len(blobs) for blobs in places.values())
+        for where, blobs in places.items():
+            reliability_log("security", f"secret scan: {where}", tried=max(1, len(blobs)),
+                            expected=f"0 occurrences of {len(secrets)} fake secrets",
+                            observed=f"{sum(1 for w in leaks if w == where)} leaks in {len(blobs)} items")
+        assert not leaks, f"secrets leaked: {leaks}"
+        assert tried > 100
+    finally:
+        receiver.close()
+        s3.stop()
+
+
+# --- untrusted weights ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["random-bytes", "text-file", "missing", "empty"])
+def test_baseline_that_is_not_a_checkpoint_is_refused_before_unpickling(tmp_path, kind, reliability_log):
+    weights = tmp_path / "baseline.pt"
+    if kind == "random-bytes":
+        weights.write_bytes(os.urandom(4096))
+    elif kind == "text-file":
+        weights.write_text("this is not a model\n")
+    elif kind == "empty":
+        weights.write_bytes(b"")
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text("train: x\nval: x\nnames: [a]\n")
+    with pytest.raises(TrainingFailed) as err:
+        fine_tune(weights=weights, data_yaml=data_yaml, train_args={"epochs": 1}, save_dir=tmp_path / "train",
+                  run_prefix="runs/x/train")
+    message = str(err.value)
+    assert str(weights) in message and "not a PyTorch checkpoint" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert not (tmp_path / "train").exists() and not (tmp_path / "train.log").exists(), "no child was started"
+    reliability_log("bad input", "baseline weights that are not a checkpoint (random bytes, text, empty, missing)",
+                    expected="one-line error naming the file; nothing unpickled, no training started",
+                    observed=message.split(":", 1)[1].strip()[:80])
+
+
+def test_tampered_s3_baseline_is_refused_and_not_cached(object_store, tmp_path, reliability_log):
+    good = tmp_path / "base.pt"
+    good.write_bytes(b"PK" + os.urandom(2048))
+    object_store.put_file(good, "baselines/base.pt")
+    # Replace the bytes but keep the old sha256 metadata: what an attacker with bucket write would do.
+    original = object_store.head("baselines/base.pt")["sha256"]
+    object_store._client.put_object(Bucket=object_store.bucket, Key="baselines/base.pt", Body=b"evil pickle",
+                                    Metadata={"sha256": original})
+    cache = tmp_path / "cache"
+    with pytest.raises(IntegrityError, match="does not match"):
+        Registry(object_store).resolve_reference(object_store.uri("baselines/base.pt"), cache_dir=cache)
+    assert not [p for p in cache.rglob("*") if p.is_file()], "nothing of the tampered file may stay on disk"
+    reliability_log("bad input", "s3:// baseline whose bytes were replaced (sha256 metadata kept)",
+                    expected="IntegrityError before it is loaded; nothing cached",
+                    observed="IntegrityError: sha256 does not match; cache empty")
