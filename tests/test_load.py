@@ -1,0 +1,95 @@
+"""8 concurrent pipeline tails (register → decide promotion → promote) in 8 processes against one
+SeaweedFS bucket and one registry, each with its own tiny checkpoint: every version distinct and
+complete, aliases consistent, every file present with the sha256 it was registered with.
+
+Training 8 times would cost minutes on 2 cores and add nothing the registry sees: it receives files,
+so each process gets a real (tiny) torch checkpoint instead.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.hashing import sha256_file
+from tasks.registry import PromotionConflict, PromotionRule, Registry, decide_promotion
+from tasks.settings import S3Settings
+from tasks.storage import ObjectStore
+
+WRITERS = 8
+RULE = PromotionRule(metric="mAP50-95", max_drop=0.0, absolute_min={"mAP50-95": 0.0})
+
+
+def _register_and_promote(args: tuple[dict, dict[str, str], float, float]) -> tuple[int, int]:
+    """One pipeline tail: register, then promote if better than production (re-decided on conflict).
+    Returns (version, promotion attempts)."""
+    settings, files, score, start_at = args
+    registry = Registry(ObjectStore(S3Settings.model_validate(settings)), "load-model")
+    metrics = {"overall": {"mAP50-95": score, "mAP50": score}, "per_class": {}}
+    time.sleep(max(0.0, start_at - time.time()))  # all writers hit the bucket together
+    version = registry.register({k: Path(v) for k, v in files.items()},
+                                {"metrics": {"val": metrics}, "flow_run_id": f"load-{score}"})
+    for attempt in range(1, 65):
+        aliases = registry.aliases()
+        production = registry.get("production") if "production" in aliases else None
+        decision = decide_promotion(metrics, production.metrics["val"] if production else None, RULE,
+                                    production_version=production.version if production else None)
+        try:
+            registry.apply_promotion(decision, version.version)
+            return version.version, attempt
+        except PromotionConflict:
+            time.sleep(random.uniform(0, 0.05))
+    raise RuntimeError("promotion never settled")
+
+
+def _tiny_checkpoint(path: Path, seed: int) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    torch.save({"epoch": -1, "model": {"w": torch.randn(64, 64)}, "train_args": {"seed": seed}}, path)
+    return path
+
+
+def test_eight_concurrent_registrations_and_promotions(object_store, tmp_path, reliability_log):
+    scores = random.Random(0).sample([round(0.1 + 0.05 * i, 2) for i in range(WRITERS)], WRITERS)
+    jobs, local = [], {}
+    for i, score in enumerate(scores):
+        folder = tmp_path / f"run{i}"
+        folder.mkdir()
+        files = {"weights/best.pt": _tiny_checkpoint(folder / "best.pt", i),
+                 "results.csv": folder / "results.csv"}
+        files["results.csv"].write_text(f"epoch,metrics/mAP50-95(B)\n1,{score}\n")
+        local[score] = {rel: sha256_file(p) for rel, p in files.items()}
+        jobs.append((object_store.settings.model_dump(mode="json") | {
+            "access_key_id": object_store.settings.access_key_id.get_secret_value(),
+            "secret_access_key": object_store.settings.secret_access_key.get_secret_value()},
+            {k: str(v) for k, v in files.items()}, score, time.time() + 6))
+    with multiprocessing.get_context("spawn").Pool(WRITERS) as pool:
+        outcomes = pool.map(_register_and_promote, jobs, chunksize=1)
+
+    registry = Registry(object_store, "load-model")
+    versions = registry.list_versions()
+    numbers = [v for v, _ in outcomes]
+    assert sorted(numbers) == list(range(1, WRITERS + 1)) == [v.version for v in versions]
+    by_score = {v.metrics["val"]["overall"]["mAP50-95"]: v for v in versions}
+    assert sorted(by_score) == sorted(scores)
+    for score, version in by_score.items():  # each version holds exactly its writer's files
+        assert {rel: entry.sha256 for rel, entry in version.files.items()} == local[score]
+        folder = registry.download(f"v{version.version}", tmp_path / "downloads")
+        assert {rel: sha256_file(folder / rel) for rel in version.files} == local[score]
+    aliases = registry.aliases()
+    assert aliases["production"] == by_score[max(scores)].version, "production must end on the best candidate"
+    assert aliases["candidate"] in numbers and set(aliases) == {"candidate", "production"}
+    claims = {k.split("/")[3] for k in object_store.list("models/load-model/versions/")}
+    assert claims == {f"v{n}" for n in numbers}, "no orphaned claim without a manifest"
+    conflicts = sum(attempts - 1 for _, attempts in outcomes)
+    reliability_log("load", f"{WRITERS} concurrent register + promote (8 processes, one bucket, one registry)",
+                    tried=WRITERS, expected="8 distinct complete versions, every file's sha256 matches, "
+                    "production = best candidate, no lost alias update",
+                    observed=f"versions {sorted(numbers)}; {WRITERS * 2} files verified; production "
+                             f"v{aliases['production']} (best); {conflicts} promotion conflicts re-decided")
