@@ -397,7 +397,7 @@ def test_base_dataset_is_clean(tmp_path):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_defect_produces_its_code_with_file_and_line(tmp_path, name):
+def test_defect_produces_its_code_with_file_and_line(tmp_path, name, reliability_log):
     code, apply, overrides = CASES[name]
     root = tmp_path / "ds"
     make_dataset(root)
@@ -413,6 +413,7 @@ def test_defect_produces_its_code_with_file_and_line(tmp_path, name):
     assert all(f.fix and f.message for f in report.findings)
     if hits[0].severity == "error":
         assert report.errors()
+    reliability_log("bad input", "malformed datasets (catalogue: one defect each)", expected="finding with its code, file and line; dataset untouched", observed=f"{code} at {Path(file).name}:{line}")
 
 
 def test_catalogue_covers_every_code():

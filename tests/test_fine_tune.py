@@ -137,7 +137,7 @@ def test_two_epochs_stream_to_wandb_and_checkpoints_to_s3(data_yaml, tmp_path, o
 
 
 @pytest.mark.slow
-def test_kill_9_in_epoch_2_then_retry_trains_only_the_missing_epoch(data_yaml, tmp_path, object_store):
+def test_kill_9_in_epoch_2_then_retry_trains_only_the_missing_epoch(data_yaml, tmp_path, object_store, reliability_log):
     save_dir, prefix, wandb_id = tmp_path / "train", "runs/r2/train", run_id()
     common = dict(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS, save_dir=save_dir,
                   store=object_store, run_prefix=prefix)
@@ -166,6 +166,7 @@ def test_kill_9_in_epoch_2_then_retry_trains_only_the_missing_epoch(data_yaml, t
     assert sorted(r["epoch"] for r in offline_history(first.run_dir) + offline_history(retry.run_dir)) == [1, 2]
     for name, digest in (("last.pt", result.last_sha256), ("best.pt", result.best_sha256)):
         assert object_store.head(f"{prefix}/weights/{name}")["sha256"] == digest
+    reliability_log("fault", "kill -9 of the training child mid-epoch", expected="retry resumes from the last complete epoch; finished epochs not redone", observed="epoch 1 kept, only epoch 2 trained again; W&B history [1, 2]")
 
 
 @pytest.mark.slow

@@ -96,12 +96,13 @@ def write_recipe(tmp_path: Path, train: dict, **top) -> Path:
     ({"imgsz": "huge"}, {}, "train.imgsz", "native"),
 ], ids=["unknown-train-key", "unknown-top-key", "wrong-type", "wrong-bool", "zero-epochs", "negative-epochs",
         "unknown-model-yaml", "bad-imgsz"])
-def test_bad_recipes_are_rejected_naming_file_and_key(tmp_path, train, top, key, words):
+def test_bad_recipes_are_rejected_naming_file_and_key(tmp_path, train, top, key, words, reliability_log):
     path = write_recipe(tmp_path, train, **top)
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     message = str(err.value)
     assert f"{path}: {key}" in message and words in message  # a union adds its branch: train.imgsz.int
+    reliability_log("bad input", "malformed recipes (unknown keys, wrong types, zero/negative epochs, unknown model yaml)", expected="RecipeError naming the file and the key", observed=f"{key}: {words}")
 
 
 def test_invalid_yaml_names_the_line(tmp_path):

@@ -39,7 +39,8 @@ def test_process_alive_tells_live_dead_zombie_and_reused_pids():
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_killed_worker_run_is_recovered_and_resumed(local_stack, small_real_dataset, tmp_path, webhook_secret_block):
+def test_killed_worker_run_is_recovered_and_resumed(local_stack, small_real_dataset, tmp_path, webhook_secret_block,
+                                                    reliability_log):
     from prefect.client.orchestration import get_client
 
     from tasks.prefect_stack import PrefectWorker
@@ -91,3 +92,4 @@ def test_killed_worker_run_is_recovered_and_resumed(local_stack, small_real_data
     assert [int(float(r.split(",")[0])) for r in rows] == [1, 2, 3, 4]
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(flow_run_id(second.stdout + second.stderr)).state.is_completed()
+    reliability_log("fault", "worker killed mid-run (flow-run process gone)", expected="run marked Crashed, slot freed, webhook sent; re-run resumes training", observed=f"Crashed; re-run resumed after epoch {result['resumed_from_epoch']} and completed 4 epochs")

@@ -136,7 +136,7 @@ def test_eight_parallel_registrations_and_alias_moves(object_store, tmp_path):
     assert aliases["candidate"] in numbers
 
 
-def test_tampered_weights_fail_download_and_leave_nothing(object_store, tmp_path):
+def test_tampered_weights_fail_download_and_leave_nothing(object_store, tmp_path, reliability_log):
     registry = Registry(object_store)
     version = registry.register(_weights(tmp_path, "a"), _metadata())
     key = f"models/{NAME}/versions/v{version.version}/weights/best.pt"
@@ -149,6 +149,7 @@ def test_tampered_weights_fail_download_and_leave_nothing(object_store, tmp_path
     assert list(dest.iterdir()) == []
     with pytest.raises(IntegrityError):
         registry.resolve_reference(f"{NAME}:v1", cache_dir=tmp_path / "cache")
+    reliability_log("bad input", "tampered registry file (weights bytes changed after registration)", expected="IntegrityError against the manifest sha256; nothing left on disk", observed="IntegrityError; download dir empty; resolve refused")
 
 
 def test_resolve_reference_local_s3_and_registry(object_store, tmp_path):
@@ -228,7 +229,7 @@ def test_apply_promotion_moves_aliases_and_detects_conflict(object_store, tmp_pa
     assert registry.aliases()["production"] == v2
 
 
-def test_registration_while_storage_is_down_then_restarted(tmp_path):
+def test_registration_while_storage_is_down_then_restarted(tmp_path, reliability_log):
     server = SeaweedFS(tmp_path / "state", ports=SeaweedPorts.free()).start()
     try:
         store = ObjectStore(server.settings(), max_attempts=2, connect_timeout=1)
@@ -243,6 +244,7 @@ def test_registration_while_storage_is_down_then_restarted(tmp_path):
         assert registry.register(_weights(tmp_path, "c"), _metadata()).version == 2
         for version in registry.list_versions():
             registry.download(f"v{version.version}", tmp_path / "dl")  # all complete, sha256 verified
+        reliability_log("fault", "SeaweedFS stopped during a registry upload, then restarted", expected="one-line error; no version without manifest; next registration works", observed="StorageError cannot reach; versions [1] then [1, 2], all verified")
     finally:
         server.stop()
 
