@@ -319,7 +319,10 @@ def fine_tune(
             uploader.finish()
     if proc.returncode != 0:
         tail = log_file.read_text(errors="replace").splitlines()[-25:]
-        raise TrainingFailed(f"Ultralytics exited with {proc.returncode}; log {log_file}:\n" + "\n".join(tail))
+        # A full disk also cuts the log short (its last line, the OSError, can't be written).
+        free_mb = shutil.disk_usage(save_dir).free / 2**20
+        disk = f" (no space left? only {free_mb:.0f} MB free on the disk holding {save_dir})" if free_mb < 512 else ""
+        raise TrainingFailed(f"Ultralytics exited with {proc.returncode}{disk}; log {log_file}:\n" + "\n".join(tail))
     return _summarize(save_dir, store, run_prefix, train_args, tracker, started, rows_before, resume_epoch,
                       peak, dict(uploader.uploaded))
 
