@@ -195,7 +195,7 @@ def test_full_disk_during_training_fails_clearly_then_completes_with_space(small
             fine_tune(weights="yolo11n.yaml", data_yaml=small_real_dataset, train_args=TRAIN_ARGS, save_dir=save_dir,
                       store=object_store, run_prefix=prefix, poll_s=0.2)
         message = str(err.value)
-        assert "No space left" in message or "ENOSPC" in message or "Errno 28" in message, message[-3000:]
+        assert "no space left" in message.lower().split("\n")[0], message[-3000:]
         assert not (save_dir / COMPLETE_MARKER).exists()
         assert not object_store.exists(f"{prefix}/{COMPLETE_MARKER}")
         published = object_store.list(prefix)
