@@ -355,5 +355,26 @@ def report_command(
         webbrowser.open(html.resolve().as_uri())
 
 
+# --- W&B (tasks/tracking.py) ---
+wandb_app = typer.Typer(help="Weights & Biases: publish offline runs once online.", no_args_is_help=True)
+app.add_typer(wandb_app, name="wandb")
+
+
+@wandb_app.command("publish")
+def wandb_publish(
+    collection: Annotated[str, typer.Option(help="W&B Registry collection for the model artifacts.")] = "site-inspection-detector",
+) -> None:
+    """Sync offline runs and link their models to the W&B Registry (idempotent; needs WANDB_API_KEY)."""
+    import os
+
+    from tasks.tracking import PublishError, publish_offline_runs
+
+    try:
+        published = publish_offline_runs(Path(os.environ["WANDB_DIR"]), registry_collection=collection)
+    except PublishError as error:
+        _fail(error)
+    typer.echo("\n".join(published) or "nothing new to publish")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

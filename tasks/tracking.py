@@ -148,3 +148,38 @@ def offline_history(run_dir: Path) -> list[dict[str, Any]]:
         elif isinstance(items, dict):
             rows.append(items)
     return rows
+
+
+class PublishError(RuntimeError):
+    """Publishing offline runs needs W&B online (a key and network)."""
+
+
+def publish_offline_runs(wandb_dir: Path, *, registry_collection: str, project: str | None = None) -> list[str]:
+    """Sync every offline run once and link its model artifacts to the W&B Registry.
+
+    Idempotent: a synced run gets a `.phase2-published` marker and is skipped next time.
+    Returns the run paths published now.
+    """
+    if not os.environ.get("WANDB_API_KEY"):
+        raise PublishError(f"W&B publish needs WANDB_API_KEY (and network); offline runs stay in {wandb_dir}")
+    import wandb
+
+    wandb_bin = Path(sys.executable).with_name("wandb")
+    api = wandb.Api()
+    project = project or os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT)
+    entity = os.environ.get("WANDB_ENTITY") or api.default_entity
+    published = []
+    for run_dir in sorted(Path(wandb_dir).glob("**/offline-run-*")):
+        marker = run_dir / ".phase2-published"
+        if marker.exists():
+            continue
+        subprocess.run([str(wandb_bin), "sync", "--project", project, "--entity", entity, str(run_dir)],
+                       check=True, capture_output=True, text=True, timeout=1800)
+        run_id = run_dir.name.rsplit("-", 1)[-1]
+        run = api.run(f"{entity}/{project}/{run_id}")
+        for artifact in run.logged_artifacts():
+            if artifact.type == "model":
+                artifact.link(f"wandb-registry-model/{registry_collection}")
+        marker.write_text(run.path if isinstance(run.path, str) else "/".join(run.path))
+        published.append(f"{entity}/{project}/{run_id}")
+    return published
