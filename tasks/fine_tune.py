@@ -408,9 +408,10 @@ def _child_main(spec_file: str) -> int:  # pragma: no cover - exercised through 
 
     configure_environment()
     spec = json.loads(Path(spec_file).read_text())
-    import torch
     import ultralytics.utils.torch_utils as torch_utils
     from ultralytics import YOLO
+
+    import torch  # after ultralytics: it sets OMP_NUM_THREADS before torch starts OpenMP
 
     import ultralytics.data.dataset as ultralytics_dataset
 
