@@ -238,3 +238,19 @@ def test_policy_validation():
         SelectionPolicy(kind="class_aware")
     with pytest.raises(ValueError, match="only apply to kind 'class_aware'"):
         SelectionPolicy(kind="mAP50", class_floors=TOE_DRAIN_FLOOR)
+
+
+def test_promotion_gate_on_real_evaluations(fitness_selection):
+    """The gate consumes the evaluation protocol's metrics as they are: it promotes a model that
+    is not worse than production on the same split, and refuses one below a class floor."""
+    from tasks.registry import PromotionRule, decide_promotion
+
+    candidate = fitness_selection.val.metrics
+    production = next(c for c in fitness_selection.candidates if c.name != fitness_selection.winner_name).val.metrics
+    lenient = PromotionRule(metric="mAP50-95", max_drop=1.0)
+    promoted = decide_promotion(candidate, production, lenient, production_version=1)
+    assert promoted.promote, promoted.reasons
+    strict = PromotionRule(metric="mAP50-95", max_drop=1.0, per_class_min={"toe_drain": {"AP50": 0.99}})
+    refused = decide_promotion(candidate, production, strict, production_version=1)
+    assert not refused.promote
+    assert any("toe_drain" in reason for reason in refused.reasons)
