@@ -246,14 +246,13 @@ def deploy() -> None:
     """Work pool + deployments from prefect.yaml against PREFECT_API_URL (local server if unset)."""
     import os
 
-    from tasks.prefect_stack import LocalStack, run_prefect
+    from tasks.prefect_stack import LocalStack
 
     stack = LocalStack()
     if os.environ.get("PREFECT_API_URL"):  # a remote server or Prefect Cloud: don't start ours
         env = {**os.environ, **configure_environment(), "PHASE2_WORK_POOL": stack.pool,
                "PHASE2_PROJECT_DIR": str(Path(__file__).resolve().parent.parent)}
-        run_prefect(["work-pool", "create", stack.pool, "--type", "process", "--overwrite"], env)
-        run_prefect(["deploy", "--all"], env, timeout=600)
+        stack.deploy(env)
     else:
         stack.up()
     typer.echo(f"deployments applied; start a worker with: prefect worker start --pool {stack.pool}")

@@ -213,7 +213,8 @@ class LocalStack:
     def deploy(self, env: dict[str, str] | None = None) -> None:
         """Pool and deployments, idempotently (create --overwrite; deploy updates in place)."""
         env = env or self.env()
-        run_prefect(["work-pool", "create", self.pool, "--type", "process", "--overwrite"], env)
+        run_prefect(["work-pool", "create", self.pool, "--type", "process", "--overwrite",
+                     "--base-job-template", str(PROJECT_ROOT / "deployments" / "process.json")], env)
         run_prefect(["deploy", "--all"], env, timeout=600)
 
     def down(self) -> None:
