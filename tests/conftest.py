@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.plugins.s3",
     "tests.plugins.prefect_stack",
     "tests.plugins.reliability",
+    "tests.plugins.webhook",
 ]

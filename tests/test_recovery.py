@@ -17,7 +17,6 @@ import yaml
 
 from tasks.recovery import process_alive, recover_orphaned_runs
 from tests.test_e2e_deployment import TINY_RECIPE
-from tests.test_notifications import webhook_receiver, webhook_secret_block  # noqa: F401 (fixtures)
 from tests.test_scheduling import flow_run_id, trigger, wait_until
 
 

@@ -16,7 +16,6 @@ import yaml
 
 from tasks.recovery import FAULTS_VARIABLE
 from tests.test_e2e_deployment import TINY_RECIPE
-from tests.test_notifications import webhook_receiver, webhook_secret_block  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
