@@ -264,7 +264,8 @@ def fine_tune(
         shutil.rmtree(save_dir)  # leftovers of an attempt that never saved an epoch
     if finished:
         logger.info("%s already finished training; summarizing it", save_dir)
-        return _summarize(save_dir, store, run_prefix, train_args, tracker, started, 0, None, None, {})
+        finished_rows = len(read_results(results_csv))
+        return _summarize(save_dir, store, run_prefix, train_args, tracker, started, finished_rows, None, None, {})
     rows_before = len(read_results(results_csv)) if resume_epoch else 0
 
     spec = {
@@ -421,7 +422,8 @@ def _child_main(spec_file: str) -> int:  # pragma: no cover - exercised through 
 
     ultralytics_dataset.save_dataset_cache_file = _cache_in_memory_only
     # Ultralytics trains on cpu_count-1 threads (1 on a 2-core box); all cores are ~1.75x faster.
-    torch_utils.NUM_THREADS = os.cpu_count() or 1
+    # PHASE2_TORCH_THREADS lowers it on a CPU shared with other jobs, where threads wait on each other.
+    torch_utils.NUM_THREADS = int(os.environ.get("PHASE2_TORCH_THREADS") or os.cpu_count() or 1)
     args = dict(spec["train_args"])
     args["device"] = resolve_device(str(args.get("device", "auto")))
     model = YOLO(spec["model"])
