@@ -1,6 +1,6 @@
 # Two commands do everything: `make run` (the pipeline) and `make test` (the tests).
 # Each creates or refreshes .venv from pyproject.toml first; nothing is installed by hand.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
