@@ -100,7 +100,8 @@ class ReliabilityLog:
             result = "pass" if r.passed else f"FAIL ({r.tried - r.tried_passing} of {r.tried})"
             lines.append(f"| {r.category} | {_cell(r.kind)} | {r.tried} | {_cell(r.expected)} | "
                          f"{_cell(r.observed())} | {result} |")
-        lines += ["", "Tests: " + ", ".join(f"`{t}`" for t in sorted({t for r in rows for t in r.tests})), ""]
+        files = sorted({t.split("::", 1)[0] for r in rows for t in r.tests})
+        lines += ["", "Recorded by: " + ", ".join(f"`{f}`" for f in files), ""]
         return "\n".join(lines)
 
     def write(self, path: Path) -> None:

@@ -26,7 +26,7 @@ from tasks.services import SeaweedFS, SeaweedPorts
 from tasks.settings import PROJECT_ROOT
 from tasks.storage import IntegrityError, ObjectStore
 from tests.test_e2e_deployment import TINY_RECIPE
-from tests.test_notifications import WebhookReceiver
+from tests.plugins.webhook import WebhookReceiver
 
 # Recognisable fake secrets: any occurrence anywhere is a leak.
 FAKE_S3 = {"AWS_ACCESS_KEY_ID": "PHASE2CANARYKEYID7Q3", "AWS_SECRET_ACCESS_KEY": "canary-s3-secret-Zq8vX3pL9wK2mN5r"}
