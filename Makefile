@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PHASE2_STATE_DIR ?= $(CURDIR)/.phase2
 
-.PHONY: venv run test test-all up down status deploy lint clean
+.PHONY: venv run test test-all reliability up down status deploy lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ test: venv
 
 test-all: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## faults, bad inputs, secrets, load (slow tests included); writes docs/reliability.md
+reliability: venv
+	PHASE2_WRITE_RELIABILITY_TABLE=1 $(BIN)/python -m pytest -m "slow or not slow" \
+	  tests/test_reliability.py tests/test_security.py tests/test_load.py tests/test_dataset_catalogue.py \
+	  tests/test_recipe.py tests/test_registry.py tests/test_storage.py tests/test_fine_tune.py \
+	  tests/test_recovery.py $(PYTEST_ARGS)
 
 up: venv
 	$(BIN)/phase2 up
