@@ -257,7 +257,7 @@ class ValidationReport(BaseModel):
         lines += [f"| {code} | {sev} | {n} |" for (sev, code), n in sorted(counts.items())]
         ranked = sorted(self.findings, key=lambda f: list(Severity).index(f.severity))[:top]
         if ranked:
-            lines += ["", f"## Top findings", "", "| severity | code | where | message | fix |", "|---|---|---|---|---|"]
+            lines += ["", "## Top findings", "", "| severity | code | where | message | fix |", "|---|---|---|---|---|"]
             lines += [f"| {f.severity} | {f.code} | `{f.location()}` | {_md(f.message)} | {_md(f.fix)} |" for f in ranked]
         return "\n".join(lines) + "\n"
 

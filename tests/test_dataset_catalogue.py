@@ -182,7 +182,7 @@ def split_list_entry_ignored(root):
 
 
 def split_list_cwd_relative(root):
-    (root / "test.txt").write_text(f"./test/images/test0.jpg\ntest/images/test0.jpg\n")
+    (root / "test.txt").write_text("./test/images/test0.jpg\ntest/images/test0.jpg\n")
     edit_yaml(root, test="test.txt")
     return root / "test.txt", 2
 

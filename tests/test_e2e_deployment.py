@@ -17,17 +17,10 @@ from tasks.registry import Registry
 from tasks.storage import ObjectStore
 from tasks.services import resolve_s3_settings
 from tasks.tracking import offline_history
+from tests.plugins.data import TINY_RECIPE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-TINY_RECIPE = {
-    "name": "e2e-tiny",
-    "train": {"model": "baseline", "epochs": 2, "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu",
-              "optimizer": "AdamW", "lr0": 0.001, "warmup_bias_lr": 0.001, "warmup_epochs": 0,
-              "mosaic": 0.0, "close_mosaic": 0, "save_period": 1, "plots": True},
-    "rebalance": {"targets": {"toe_drain": 2}},
-    "promotion": {"absolute_min": {"mAP50": 0.0}},
-}
 
 
 def deployment_run(env: dict[str, str], params: dict[str, str], timeout: int = 800) -> tuple[int, str, str]:

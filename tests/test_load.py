@@ -9,12 +9,10 @@ so each process gets a real (tiny) torch checkpoint instead.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import random
 import time
 from pathlib import Path
 
-import pytest
 
 from tasks.hashing import sha256_file
 from tasks.registry import PromotionConflict, PromotionRule, Registry, decide_promotion

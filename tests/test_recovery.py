@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tasks.recovery import process_alive, recover_orphaned_runs
-from tests.test_e2e_deployment import TINY_RECIPE
+from tests.plugins.data import TINY_RECIPE
 from tests.test_scheduling import flow_run_id, trigger, wait_until
 
 

@@ -21,7 +21,6 @@ import pytest
 from tasks.dataset_validation import validate_dataset
 from tasks.fine_tune import COMPLETE_MARKER, TrainingFailed, checkpoint_is_complete, fine_tune, read_results
 from tasks.settings import PROJECT_ROOT
-from tasks.storage import StorageError
 from tests.test_dataset_catalogue import edit_yaml, make_dataset, noise_jpeg, yaml_line
 from tests.test_security import flow_env, start_flow, tiny_recipe_file
 

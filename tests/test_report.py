@@ -15,16 +15,9 @@ import yaml
 from tasks import report
 from tasks.hashing import sha256_file
 from tasks.settings import MINORITY_CLASS
+from tests.plugins.data import TINY_RECIPE
 
 MODEL_NAME = "report-test-detector"
-TINY_RECIPE = {
-    "name": "report-tiny",
-    "train": {"model": "baseline", "epochs": 2, "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu",
-              "optimizer": "AdamW", "lr0": 0.001, "warmup_bias_lr": 0.001, "warmup_epochs": 0,
-              "mosaic": 0.0, "close_mosaic": 0, "save_period": 1, "plots": True},
-    "rebalance": {"targets": {"toe_drain": 2}},
-    "promotion": {"absolute_min": {"mAP50": 0.0}},
-}
 _RUNS: dict[str, dict] = {}
 
 

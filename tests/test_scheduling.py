@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tasks.recovery import FAULTS_VARIABLE
-from tests.test_e2e_deployment import TINY_RECIPE
+from tests.plugins.data import TINY_RECIPE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -25,7 +25,7 @@ from tasks.registry import Registry
 from tasks.services import SeaweedFS, SeaweedPorts
 from tasks.settings import PROJECT_ROOT
 from tasks.storage import IntegrityError, ObjectStore
-from tests.test_e2e_deployment import TINY_RECIPE
+from tests.plugins.data import TINY_RECIPE
 from tests.plugins.webhook import WebhookReceiver
 
 # Recognisable fake secrets: any occurrence anywhere is a leak.
