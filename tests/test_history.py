@@ -10,10 +10,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tasks.settings import PROJECT_ROOT
 from tasks.selection import summarize_history, ultralytics_fitness_formula, ultralytics_fitness_weights
 
-GUIDE = PROJECT_ROOT.parent / "shared" / "seed" / "REPRODUCTION_GUIDE.md"
 # Ultralytics' header; older versions pad names with spaces, which the parser must strip.
 HEADER = [
     "epoch", "time", "train/box_loss", "train/cls_loss", "train/dfl_loss",
@@ -22,11 +20,9 @@ HEADER = [
 ]
 
 
-def guide_epoch_table() -> pd.DataFrame:
+def guide_epoch_table(guide_file: Path) -> pd.DataFrame:
     """The rows of the guide's section 'COMPLETE EPOCH-BY-EPOCH RESULTS', as numbers."""
-    if not GUIDE.is_file():
-        pytest.skip(f"reproduction guide not found at {GUIDE}")
-    text = GUIDE.read_text(encoding="utf-8")
+    text = guide_file.read_text(encoding="utf-8")
     section = text.split("COMPLETE EPOCH-BY-EPOCH RESULTS", 1)[1].split("\n## ", 1)[0]
     rows = []
     for line in section.splitlines():
@@ -70,8 +66,8 @@ def write_results_csv(guide: pd.DataFrame, path: Path) -> Path:
 
 
 @pytest.fixture
-def guide_run(tmp_path) -> tuple[pd.DataFrame, Path]:
-    guide = guide_epoch_table()
+def guide_run(tmp_path, seed_guide) -> tuple[pd.DataFrame, Path]:
+    guide = guide_epoch_table(seed_guide)
     run = tmp_path / "train"
     run.mkdir()
     # The guide's recipe: epochs=80, patience=15 (as Ultralytics writes them to args.yaml).

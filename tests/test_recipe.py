@@ -9,9 +9,7 @@ import pytest
 import yaml
 
 from tasks.recipe import CONFIG_DIR, Recipe, RecipeError, lint_recipe, load_recipe, resolve_imgsz
-from tasks.settings import PROJECT_ROOT
 
-GUIDE = PROJECT_ROOT.parent / "shared" / "seed" / "REPRODUCTION_GUIDE.md"
 NATIVE_SIDE = 312  # the real dataset's largest image side (224 or 312 px)
 
 # The issue's list: the guide's command plus its saved training config.
@@ -37,19 +35,18 @@ def test_seed_recipe_is_the_guides_recipe():
     assert {key: getattr(train, key) for key in SEED_VALUES} == SEED_VALUES
 
 
-def guide_command() -> dict[str, str]:
+@pytest.fixture
+def guide_command(seed_guide) -> dict[str, str]:
     """key=value pairs of the guide's "Direct YOLO Command" block."""
-    if not GUIDE.is_file():
-        pytest.skip(f"seed guide not found at {GUIDE}")
-    block = GUIDE.read_text().split("### Direct YOLO Command", 1)[1].split("```", 2)[1]
+    block = seed_guide.read_text().split("### Direct YOLO Command", 1)[1].split("```", 2)[1]
     return dict(re.findall(r"^\s*(\w+)=(\S+?)\s*\\?$", block, flags=re.M))
 
 
-def test_seed_recipe_matches_every_value_of_the_guides_command():
+def test_seed_recipe_matches_every_value_of_the_guides_command(guide_command):
     train = load_recipe("phase2-seed").train.model_dump()
     # Not training values (paths, logging) or deliberately generalized (device: mps -> auto).
     different_on_purpose = {"model", "data", "device", "save", "verbose"}
-    command = guide_command()
+    command = guide_command
     assert len(command) > 30
     for key, text in command.items():
         if key in different_on_purpose:

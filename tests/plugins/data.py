@@ -78,6 +78,17 @@ def copy_subset(src: Path, dst: Path, per_split: dict[str, int], prefer_class: i
     return dst / "data.yaml"
 
 
+@pytest.fixture(scope="session")
+def seed_guide(real_dataset) -> Path:
+    """The user's REPRODUCTION_GUIDE.md, next to the real dataset (../../seed/ from it)."""
+    guide = Path(os.environ.get("PHASE2_SEED_GUIDE") or real_dataset.parents[1] / "seed" / "REPRODUCTION_GUIDE.md")
+    if not guide.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"reproduction guide missing at {guide} (set PHASE2_SEED_GUIDE)")
+        pytest.skip(f"reproduction guide not found at {guide}; set PHASE2_SEED_GUIDE to run this test")
+    return guide
+
+
 @pytest.fixture
 def small_real_dataset(real_dataset, tmp_path) -> Path:
     """A handful of real images per split, in a temp dir (writable); returns data.yaml."""
