@@ -1,9 +1,11 @@
-"""8 concurrent pipeline tails (register → decide promotion → promote) in 8 processes against one
-SeaweedFS bucket and one registry, each with its own tiny checkpoint: every version distinct and
-complete, aliases consistent, every file present with the sha256 it was registered with.
+"""Load on one SeaweedFS bucket and one registry.
 
-Training 8 times would cost minutes on 2 cores and add nothing the registry sees: it receives files,
-so each process gets a real (tiny) torch checkpoint instead.
+- 8 concurrent pipeline tails (register → decide promotion → promote) in 8 processes, each with its
+  own tiny checkpoint (fast: runs in CI);
+- 8 concurrent whole phase2 flows on tiny data (slow: `make reliability`).
+
+Both assert every version distinct and complete, aliases consistent, and every file present with
+the sha256 it was registered with.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import multiprocessing
 import random
 import time
+import uuid
 from pathlib import Path
 
+import pytest
 
 from tasks.hashing import sha256_file
 from tasks.registry import PromotionConflict, PromotionRule, Registry, decide_promotion
@@ -91,3 +95,50 @@ def test_eight_concurrent_registrations_and_promotions(object_store, tmp_path, r
                     "production = best candidate, no lost alias update",
                     observed=f"versions {sorted(numbers)}; {WRITERS * 2} files verified; production "
                              f"v{aliases['production']} (best); {conflicts} promotion conflicts re-decided")
+
+
+@pytest.mark.slow
+def test_eight_concurrent_flows_on_one_registry(seaweedfs, small_real_dataset, tmp_path, reliability_log):
+    """8 whole phase2 flows at once (own process and state dir each, tiny data, 1 epoch) against one
+    Prefect server, one SeaweedFS bucket and one registry."""
+    from tasks.prefect_stack import PrefectServer, free_port
+    from tests.test_security import flow_env, start_flow, tiny_recipe_file
+
+    bucket = f"load-{uuid.uuid4().hex[:8]}"
+    s3_env = {**seaweedfs.env(), "PHASE2_S3_BUCKET": bucket}
+    store = ObjectStore(S3Settings(endpoint_url=s3_env["PHASE2_S3_ENDPOINT"], bucket=bucket,
+                                   access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                                   secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"]))
+    store.ensure_bucket()
+    recipe = tiny_recipe_file(tmp_path, epochs=1, save_period=-1)
+    server = PrefectServer(tmp_path / "server", port=free_port(), ui=False).start()
+    try:
+        flows = [
+            start_flow(tmp_path / f"state{i}", flow_env(tmp_path / f"state{i}", server.api_url, s3_env),
+                       data=str(small_real_dataset), baseline="yolo11n.yaml", recipe_name=str(recipe),
+                       model_name="load-flows", run_name=f"load-{i}")
+            for i in range(WRITERS)
+        ]
+        results = [flow.wait(timeout=1500) for flow in flows]
+    finally:
+        server.stop()
+    assert all(code == 0 for code, _ in results), [out[-2000:] for code, out in results if code]
+
+    registry = Registry(store, "load-flows")
+    versions = registry.list_versions()
+    assert sorted(v.version for v in versions) == list(range(1, WRITERS + 1))
+    assert sorted(v.flow_run_id for v in versions) == sorted(f"load-{i}" for i in range(WRITERS))
+    checked = 0
+    for version in versions:  # every registered file present, with the sha256 of its manifest
+        folder = registry.download(version.ref, tmp_path / "downloads")
+        for relpath, entry in version.files.items():
+            assert sha256_file(folder / relpath) == entry.sha256
+            checked += 1
+    aliases = registry.aliases()
+    assert aliases["candidate"] in {v.version for v in versions}
+    assert "production" not in aliases or aliases["production"] in {v.version for v in versions}
+    reliability_log("load", "8 concurrent whole phase2 flows (tiny data, 1 epoch), one SeaweedFS and registry",
+                    tried=WRITERS, expected="8 distinct complete versions, aliases on complete versions, "
+                    "every file's sha256 matches its manifest",
+                    observed=f"versions {sorted(v.version for v in versions)}; {checked} files verified; "
+                    f"aliases {aliases}")
