@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from tasks.settings import MINORITY_CLASS, configure_environment, state_dir
 
 RETRIES = 2
 RETRY_DELAY_S = 5
+PROMOTION_ATTEMPTS = 10
 
 
 class RunContext(BaseModel):
@@ -380,22 +382,32 @@ def register_model(selection, trained, dataset: DatasetVersion, ctx: RunContext)
 def promote_model(registered: Registered, selection, dataset: DatasetVersion, validation: ValidationOutput,
                   ctx: RunContext):
     configure_environment()
-    from tasks.registry import Registry, decide_promotion
+    from tasks.registry import PromotionConflict, Registry, decide_promotion
     from tasks.selection import evaluate_checkpoint
 
     registry = Registry(object_store(), ctx.model_name)
-    production = _production_version(ctx.model_name)
-    production_metrics = None
-    if production is not None:
-        # Same split, same protocol as the candidate: the comparison is only fair that way.
-        folder = registry.download(production.ref, ctx.work_dir / "production")
-        weights = folder / registry.weights_file(production)
-        evaluated = evaluate_checkpoint(weights, dataset.data_yaml, split="val",
-                                        imgsz=selection.val.protocol.imgsz, out_dir=ctx.work_dir / "production-eval")
-        production_metrics = evaluated.metrics
-    decision = decide_promotion(selection.val.metrics, production_metrics, ctx.recipe.promotion,
-                                production_version=production.version if production else None)
-    registry.apply_promotion(decision, registered.version)
+    # Another flow may promote between our decision and our alias move (compare-and-swap refuses
+    # it): then production changed, so evaluate the new production and decide again.
+    for attempt in range(1, PROMOTION_ATTEMPTS + 1):
+        production = _production_version(ctx.model_name)
+        production_metrics = None
+        if production is not None:
+            # Same split, same protocol as the candidate: the comparison is only fair that way.
+            folder = registry.download(production.ref, ctx.work_dir / "production")
+            weights = folder / registry.weights_file(production)
+            out_dir = ctx.work_dir / "production-eval"
+            shutil.rmtree(out_dir, ignore_errors=True)
+            production_metrics = evaluate_checkpoint(weights, dataset.data_yaml, split="val",
+                                                     imgsz=selection.val.protocol.imgsz, out_dir=out_dir).metrics
+        decision = decide_promotion(selection.val.metrics, production_metrics, ctx.recipe.promotion,
+                                    production_version=production.version if production else None)
+        try:
+            registry.apply_promotion(decision, registered.version)
+            break
+        except PromotionConflict as conflict:
+            if attempt == PROMOTION_ATTEMPTS:
+                raise
+            logger().info("%s; deciding again (attempt %d)", conflict, attempt + 1)
     _markdown(ctx, "promotion", decision.to_markdown(), "Promotion gate")
     run = tracker(ctx)
     run.log_table("promotion/comparison", [r.model_dump() for r in decision.rows])
