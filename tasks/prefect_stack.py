@@ -192,8 +192,11 @@ class LocalStack:
 
     def env(self) -> dict[str, str]:
         """Environment for anything that talks to this stack (CLI, worker, flow runs)."""
+        # WANDB_SERVICE points at this process's W&B service: flow runs must start their own, or
+        # a run killed mid-flight keeps its W&B id "in use" there and its re-run can't resume it.
+        inherited = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
         return {
-            **os.environ,
+            **inherited,
             **configure_environment(self.state),
             **self.s3.env(),
             **self.server.env(),

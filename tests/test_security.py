@@ -130,7 +130,9 @@ def test_flow_run_leaks_no_secret(small_real_dataset, tmp_path, prefect_server, 
                 ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, LogFilter,
                 LogFilterFlowRunId)
 
-            (flow_run,) = client.read_flow_runs()
+            # The run's own id, written by its finish step (the server may hold other runs).
+            (summary,) = (state / "pipeline" / "flow-runs").glob("*.json")
+            flow_run = client.read_flow_run(summary.stem)
             ids = [flow_run.id]
             logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200)
             task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
