@@ -357,29 +357,6 @@ def training_curves_png(results: pd.DataFrame, best_epoch: int | None, stop_reas
     return _png(fig)
 
 
-def class_balance_png(balance: pd.DataFrame) -> bytes:
-    """Instances per class in each split, before and after rebalancing."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    splits = list(dict.fromkeys(balance["split"]))
-    fig, axes = plt.subplots(1, len(splits), figsize=(4.5 * len(splits), 3.8), squeeze=False)
-    for ax, split in zip(axes[0], splits):
-        part = balance[balance["split"] == split]
-        x = np.arange(len(part))
-        for offset, column, label in ((-0.2, "instances_before", "before"), (0.2, "instances_after", "after")):
-            bars = ax.bar(x + offset, part[column], 0.4, label=label)
-            ax.bar_label(bars, fontsize=7)
-        ax.set_xticks(x, part["class"], rotation=30, ha="right")
-        ax.set_title(f"{split}: instances per class")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
-
-
 def timings_png(timings: list[dict[str, Any]]) -> bytes:
     import matplotlib
 
@@ -443,8 +420,11 @@ def _dataset_section(work_dir: Path) -> dict[str, Any]:
     if balance_csv.is_file():
         balance = pd.read_csv(balance_csv)
         section["balance"] = _table(balance)
-        section["images"].append(_image("Class counts per split, before and after rebalancing",
-                                        class_balance_png(balance), "image/png"))
+        balance_png = work_dir / "dataset" / "balance.png"  # drawn by the rebalance step
+        if balance_png.is_file():
+            section["images"].append(_image("Class counts per split, before and after rebalancing", balance_png))
+        else:
+            section["missing"].append("dataset/balance.png")
     else:
         section["missing"].append("dataset/balance.csv")
     if (work_dir / "validation" / "class_counts.png").is_file():
