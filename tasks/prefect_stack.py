@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tasks.services import SeaweedFS
+from tasks.services import SeaweedFS, process_alive, stop_process_group
 from tasks.settings import PROJECT_ROOT, configure_environment, state_dir
 
 DEFAULT_PORT = 4200
@@ -34,32 +33,6 @@ def free_port() -> int:
 
 def _prefect_bin() -> str:
     return str(Path(sys.executable).with_name("prefect"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not reaped) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _stop_group(pid: int, grace: float = 10.0) -> None:
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            if not _alive(pid):
-                return
-            time.sleep(0.1)
 
 
 class _Managed:
@@ -79,7 +52,7 @@ class _Managed:
             rec = json.loads(self.record_file.read_text())
         except (OSError, ValueError):
             return None
-        return rec if _alive(rec["pid"]) else None
+        return rec if process_alive(rec["pid"]) else None
 
     def is_running(self) -> bool:
         return self.record() is not None
@@ -96,7 +69,7 @@ class _Managed:
     def stop(self) -> None:
         rec = self.record()
         if rec:
-            _stop_group(rec["pid"])
+            stop_process_group(rec["pid"], grace=10.0)
         self.record_file.unlink(missing_ok=True)
 
     @contextlib.contextmanager

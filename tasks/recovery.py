@@ -19,6 +19,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from tasks import services
 from tasks.settings import state_dir
 
 FLOW_NAME = "phase2"
@@ -37,16 +38,12 @@ class OrphanedRun(BaseModel):
 def process_alive(pid: int, flow_run_id: UUID | str | None = None) -> bool:
     """A live (not zombie) process; when its environment is readable and names a flow run,
     it must be this one (a reused pid is not our run)."""
-    proc = Path(f"/proc/{pid}")
-    try:
-        if proc.joinpath("stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
-            return False
-    except OSError:
+    if not services.process_alive(pid):
         return False
     if flow_run_id is None:
         return True
     try:
-        environ = proc.joinpath("environ").read_bytes().split(b"\0")
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:  # another user's process: alive, identity unknown
         return True
     for entry in environ:

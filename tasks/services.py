@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -75,7 +76,7 @@ class _Instance(BaseModel):
     data_dir: str
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True for a live, non-zombie process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -84,13 +85,34 @@ def _process_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def stop_process_group(pid: int, grace: float, gone: Callable[[int], bool] | None = None) -> bool:
+    """SIGTERM the process group led by `pid`, wait `grace` s, then SIGKILL; reap it if it is our
+    child. `gone` overrides the "has it exited" check. Returns False if it survived SIGKILL."""
+    def exited(pid: int) -> bool:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        return not process_alive(pid)
+
+    gone = gone or exited
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if gone(pid):
+                return True
+            time.sleep(0.1)
+    return False
+
+
 def _is_our_weed(pid: int, data_dir: Path) -> bool:
     """Guards against pid reuse: the process must be `weed mini` on this data dir."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return _process_alive(pid) and f"-dir={data_dir}".encode() in cmdline and b"mini" in cmdline
+    return process_alive(pid) and f"-dir={data_dir}".encode() in cmdline and b"mini" in cmdline
 
 
 def _weed_binary() -> str:
@@ -266,15 +288,8 @@ class SeaweedFS:
             self.instance_file.unlink(missing_ok=True)
 
     def _terminate(self, pid: int, grace: float) -> None:
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, sig)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if self._reap(pid):
-                    return
-                time.sleep(0.1)
-        raise RuntimeError(f"SeaweedFS pid {pid} survived SIGKILL")
+        if not stop_process_group(pid, grace, gone=self._reap):
+            raise RuntimeError(f"SeaweedFS pid {pid} survived SIGKILL")
 
     def _reap(self, pid: int) -> bool:
         """True once the process is gone (reaping it when it is our child)."""
@@ -283,7 +298,7 @@ class SeaweedFS:
         with contextlib.suppress(ChildProcessError):
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return True
-        return not _process_alive(pid)
+        return not process_alive(pid)
 
 
 def resolve_s3_settings(state: Path | None = None) -> S3Settings:
