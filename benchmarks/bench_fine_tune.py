@@ -108,24 +108,67 @@ def compare_bare(work: Path, epochs: int, imgsz: int, batch: int, train_images: 
     print(f"ratio task/bare-all-cores : {task / bare['bare-all-cores']:.3f}  (the task's own overhead)")
 
 
-def seed_vs_native(work: Path, epochs: int, train_images: int | None) -> None:
-    data_yaml = copy_dataset(work / "data", train_images)
+def rebalanced_dataset(work: Path) -> Path:
+    """The pipeline's own view of the real data: leak groups repaired, val rebalanced (targets from
+    the seed recipe). Lists point at the read-only source; nothing is written inside it."""
+    from tasks.rebalance import rebalance_validation
+
+    out = work / "dataset"
+    if not (out / "manifest.json").exists():
+        rebalance_validation(real_dataset_dir() / "data.yaml", out, load_recipe("phase2-seed").rebalance.targets)
+    return out / "data.yaml"
+
+
+def phase1_baseline(work: Path, data_yaml: Path, epochs: int) -> Path:
+    """A phase-1 baseline trained here (the guide's own baseline .pt is not in shared/): yolo11n.yaml
+    from random weights at 320 px with Ultralytics' defaults on the rebalanced train split. Kept in
+    `work` so a re-run reuses it (fine_tune returns a finished run as is)."""
+    args = {"epochs": epochs, "imgsz": 320, "batch": 16, "seed": 0, "deterministic": True, "device": "cpu",
+            "workers": 0, "plots": False}
+    started = time.monotonic()
+    result = fine_tune(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=args, save_dir=work / "baseline",
+                       run_prefix="bench/baseline")
+    rows = read_results(result.results_csv)
+    print(f"phase-1 baseline: yolo11n.yaml, 320 px, {len(rows)} epochs, {seconds_per_epoch(result.results_csv):.1f} "
+          f"s/epoch, best val mAP50 {max(float(r['metrics/mAP50(B)']) for r in rows):.4f} "
+          f"({time.monotonic() - started:.0f} s this call)")
+    return work / "baseline" / "weights" / "best.pt"
+
+
+def fixed_protocol(weights: Path, data_yaml: Path, imgsz: int, out: Path) -> tuple[float, float | None]:
+    """val mAP50 and toe_drain AP50 under the selection step's protocol (conf 0.001, iou 0.7)."""
+    from tasks.selection import evaluate_checkpoint
+
+    result = evaluate_checkpoint(weights, data_yaml, imgsz=imgsz, device="cpu", out_dir=out)
+    return result.metrics["overall"]["mAP50"], result.metrics["per_class"]["toe_drain"]["AP50"]
+
+
+def seed_vs_native(work: Path, epochs: int, baseline_epochs: int, start_weights: Path | None) -> None:
+    data_yaml = rebalanced_dataset(work)
+    start = start_weights or phase1_baseline(work, data_yaml, baseline_epochs)
+    base = {imgsz: fixed_protocol(start, data_yaml, imgsz, work / f"eval-start-{imgsz}") for imgsz in (320, 640)}
     rows = {}
     for name, imgsz in (("phase2-native", 320), ("phase2-seed", 640)):
         recipe = load_recipe(name)
         args = {**recipe.train.ultralytics_kwargs(imgsz), "epochs": epochs, "device": "cpu", "workers": 0,
                 "plots": False}
         started = time.monotonic()
-        result = fine_tune(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=args, save_dir=work / name,
+        result = fine_tune(weights=start, data_yaml=data_yaml, train_args=args, save_dir=work / f"{name}-{epochs}",
                            run_prefix=f"bench/{name}")
         wall = time.monotonic() - started
-        last = read_results(result.results_csv)[-1]
-        rows[name] = (imgsz, seconds_per_epoch(result.results_csv), wall, float(last["metrics/mAP50(B)"]))
-    subset = f"first {train_images} train images" if train_images else "all train images"
-    print(f"\n== seed (640) vs native (320) recipe, yolo11n.yaml from scratch, {epochs} epochs, real dataset "
-          f"({subset}, all val), CPU ==")
-    for name, (imgsz, s_epoch, wall, map50) in rows.items():
-        print(f"{name:14s} imgsz {imgsz}: {s_epoch:6.1f} s/epoch, {wall:6.1f} s wall, val mAP50 {map50:.4f}")
+        history = read_results(result.results_csv)
+        own = max(float(r["metrics/mAP50(B)"]) for r in history)
+        fixed = fixed_protocol(work / f"{name}-{epochs}" / "weights" / "best.pt", data_yaml, imgsz,
+                               work / f"eval-{name}-{epochs}")
+        rows[name] = (imgsz, seconds_per_epoch(result.results_csv), wall, own, *fixed)
+    print(f"\n== seed (640) vs native (320) recipe, {epochs} epochs each from the same start weights "
+          f"({start}), rebalanced real dataset ({data_yaml}), CPU ==")
+    for imgsz, (map50, toe) in base.items():
+        print(f"start weights  eval at {imgsz}: fixed-protocol val mAP50 {map50:.4f}, toe_drain AP50 {toe:.4f}")
+    print("recipe         imgsz  s/epoch   wall     best val mAP50 (recipe's own, conf 0.25)  "
+          "best.pt fixed protocol: mAP50, toe_drain AP50")
+    for name, (imgsz, s_epoch, wall, own, map50, toe) in rows.items():
+        print(f"{name:14s} {imgsz:5d} {s_epoch:8.1f} {wall:7.1f} s  {own:.4f}{'':37s}{map50:.4f}, {toe:.4f}")
     print(f"s/epoch ratio seed/native: {rows['phase2-seed'][1] / rows['phase2-native'][1]:.2f}")
 
 
@@ -136,16 +179,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--imgsz", type=int, default=320, help="--compare-bare image size")
     parser.add_argument("--batch", type=int, default=16, help="--compare-bare batch size")
-    parser.add_argument("--train-images", type=int, help="only the first N train images (default: all)")
+    parser.add_argument("--train-images", type=int, help="--compare-bare: only the first N train images")
+    parser.add_argument("--baseline-epochs", type=int, default=60,
+                        help="--seed-vs-native: epochs of the phase-1 baseline trained first (default 60)")
+    parser.add_argument("--start-weights", type=Path, help="--seed-vs-native: use these instead of training one")
+    parser.add_argument("--work", type=Path, help="keep work (baseline, runs) here to reuse; default: a temp dir")
     opts = parser.parse_args()
     if not (opts.compare_bare or opts.seed_vs_native):
         parser.error("choose --compare-bare and/or --seed-vs-native")
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="bench-fine-tune-") as tmp:
+        work = opts.work or Path(tmp)
         if opts.compare_bare:
-            compare_bare(Path(tmp) / "bare", opts.epochs, opts.imgsz, opts.batch, opts.train_images)
+            compare_bare(work / "bare", opts.epochs, opts.imgsz, opts.batch, opts.train_images)
         if opts.seed_vs_native:
-            seed_vs_native(Path(tmp) / "recipes", opts.epochs, opts.train_images)
+            seed_vs_native(work / "recipes", opts.epochs, opts.baseline_epochs, opts.start_weights)
     print(f"machine after: {machine()}")
 
 

@@ -259,6 +259,17 @@ def img_corrupt(root):
     return image, None
 
 
+def img_truncated_with_eoi(root):
+    """A cut-off photo 'repaired' by appending an end marker (what Ultralytics' own fix does to JPEGs
+    without one): PIL, and so Ultralytics, load it with the lost part grey; libjpeg warns."""
+    image = root / "train" / "images" / "train1.jpg"
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) * 3 // 4] + b"\xff\xd9")
+    with Image.open(image) as im:
+        im.load()  # the point of the case: PIL sees nothing wrong
+    return image, None
+
+
 def img_jpeg_no_eoi(root):
     image = root / "train" / "images" / "train1.jpg"
     image.write_bytes(image.read_bytes() + b"\x00\x00")
@@ -352,6 +363,7 @@ CASES: dict[str, tuple[str, Callable[[Path], tuple[Path, int | None]], dict]] = 
     "PNG named .jpg": ("IMG_EXT_MISMATCH", img_ext_mismatch, {}),
     "decompression bomb": ("IMG_DECOMPRESSION_BOMB", img_decompression_bomb, {}),
     "truncated JPEG": ("IMG_CORRUPT", img_corrupt, {}),
+    "truncated JPEG with an end marker appended": ("IMG_CORRUPT", img_truncated_with_eoi, {}),
     "JPEG without end marker": ("IMG_JPEG_NO_EOI", img_jpeg_no_eoi, {}),
     "8 px image": ("IMG_TOO_SMALL", img_too_small, {}),
     "EXIF rotated image": ("IMG_EXIF_ORIENTATION", img_exif_orientation, {}),

@@ -237,6 +237,33 @@ def test_batched_phash_is_imagehash_phash(real_dataset):
     assert _phash_batch(np.stack(thumbs)) == expected
 
 
+def test_batched_lanczos_resize_is_pils():
+    import numpy as np
+
+    from tasks.dataset_validation import PHASH_SIDE, _phash_thumbnails
+
+    rng = np.random.default_rng(0)
+    greys = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in [(56, 56), (39, 41), (56, 56), (32, 32)]]
+    expected = [np.asarray(Image.fromarray(g.astype(np.float32), mode="F").resize(
+        (PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)) for g in greys]
+    np.testing.assert_allclose(_phash_thumbnails(greys), np.stack(expected), atol=1e-3)
+
+
+def test_perceptual_hash_matches_imagehash_on_real_images(real_dataset):
+    """The validator hashes the 1/4-1/8-scale decode (all phash needs); against imagehash.phash of the
+    full-size image it may differ in a few of the 64 bits, far below the near-duplicate threshold."""
+    import imagehash
+    import numpy as np
+
+    from tasks.dataset_validation import _decode, _phash_batch, _phash_thumbnails
+
+    images = sorted((real_dataset / "train" / "images").iterdir())[:60]
+    codes = _phash_batch(_phash_thumbnails([_decode(p.read_bytes())[1] for p in images]))
+    distance = np.array([bin(code ^ int(str(imagehash.phash(Image.open(p))), 16)).count("1")
+                         for code, p in zip(codes, images)])
+    assert distance.max() <= 4 and distance.mean() < 1.5, distance
+
+
 def test_decode_cache_is_keyed_by_content(tmp_path):
     root = tmp_path / "ds"
     make_dataset(root)
