@@ -14,6 +14,7 @@ import functools
 import glob
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -525,7 +526,7 @@ class _ImageResult:
     format: str | None = None
     sha256: str | None = None
     phash: int | None = None
-    thumbnail: np.ndarray | None = None  # small grey image, resized to phash's 32x32 and hashed in one batch
+    thumbnail: np.ndarray | None = None  # small grey image (>= 32 px a side): phash input, hashed in one batch
     new_facts: dict | None = None  # decoded this run (not from the cache): to be cached once hashed
     findings: list[Finding] = field(default_factory=list)
 
@@ -547,9 +548,8 @@ def _inspect_image(path: str, root: Path | None, known: dict[str, dict] | None =
     if root is not None:
         if not _is_within(os.path.abspath(path), root):
             add(_finding("IMG_OUTSIDE_ROOT", path, f"image is outside the dataset root {root}"))
-        elif not _is_within(os.path.realpath(path), os.path.realpath(root)):
-            add(_finding("IMG_SYMLINK_ESCAPES", path, f"symlink points outside the dataset root: "
-                         f"{os.path.realpath(path)}"))
+        elif not _is_within(real := _realpath(path), _realdir(str(root))):
+            add(_finding("IMG_SYMLINK_ESCAPES", path, f"symlink points outside the dataset root: {real}"))
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -574,6 +574,20 @@ def _inspect_image(path: str, root: Path | None, known: dict[str, dict] | None =
     if facts["format"] and ext not in PIL_FORMAT_EXTENSIONS.get(facts["format"], {ext}):
         add(_finding("IMG_EXT_MISMATCH", path, f"extension .{ext} but content is {facts['format']}"))
     return result
+
+
+@functools.lru_cache(maxsize=4096)
+def _realdir(directory: str) -> str:
+    return os.path.realpath(directory)
+
+
+def _realpath(path: str) -> str:
+    """os.path.realpath with the directory part cached: one lstat per image instead of one per
+    path component (the images of a split share a handful of directories)."""
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(_realdir(directory), name)
 
 
 def _decode(data: bytes) -> tuple[dict, np.ndarray | None]:
@@ -636,9 +650,22 @@ _JPEG_DAMAGE = ("Premature end of JPEG file", "Corrupt JPEG data")
 def _plain_jpeg_header(data: bytes) -> tuple[int, int] | None:
     """(width, height) of a JPEG without EXIF or MPF segments (so no orientation and not an MPO), from
     libjpeg-turbo's header parser; None means "ask PIL" (other formats, EXIF, unreadable headers)."""
-    if not data.startswith(b"\xff\xd8\xff") or data.find(b"Exif\x00\x00", 0, 65536) != -1 \
-            or data.find(b"MPF\x00", 0, 65536) != -1:
+    if not data.startswith(b"\xff\xd8\xff"):
         return None
+    pos = 2
+    while True:  # the marker segments before the scan data; anything unexpected: let PIL judge
+        if pos + 4 > len(data) or data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: no metadata after this
+            break
+        if (marker == 0xE1 and data.startswith(b"Exif\x00\x00", pos + 4)) or \
+                (marker == 0xE2 and data.startswith(b"MPF\x00", pos + 4)):
+            return None
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
@@ -669,51 +696,70 @@ def _decode_pil_grey(im: Image.Image) -> np.ndarray:
 
 
 @functools.cache
-def _lanczos_matrix(size: int) -> np.ndarray:
-    """(32, size) weights of PIL's LANCZOS resampling from `size` to 32 samples (read off PIL itself
-    by resizing an identity image in float mode), so N same-sized images resize in one matmul."""
+def _phash_projection(size: int) -> np.ndarray:
+    """(8, size): PIL's LANCZOS resampling from `size` to 32 samples (read off PIL itself by resizing
+    an identity image in float mode) followed by the 8 lowest rows of the 32-point DCT-II that
+    imagehash.phash takes (scipy.fftpack.dct). Resize and DCT are linear, so one matrix does both."""
+    from scipy.fftpack import dct
+
+    dct_low = dct(np.eye(PHASH_SIDE), axis=0)[:8]
+    if size == PHASH_SIDE:
+        return dct_low
     eye = Image.fromarray(np.eye(size, dtype=np.float32), mode="F")
-    return np.asarray(eye.resize((PHASH_SIDE, size), Image.Resampling.LANCZOS), dtype=np.float64).T
+    resize = np.asarray(eye.resize((PHASH_SIDE, size), Image.Resampling.LANCZOS), dtype=np.float64).T
+    return dct_low @ resize
 
 
-def _phash_thumbnails(greys: list[np.ndarray]) -> np.ndarray:
-    """The 32x32 inputs of the perceptual hash, batched by source shape (the real datasets have a few)."""
-    out = np.empty((len(greys), PHASH_SIDE, PHASH_SIDE))
+def _phash_batch(greys: Sequence[np.ndarray]) -> list[int]:
+    """imagehash.phash (8x8 lowest frequencies of the DCT of the 32x32 LANCZOS thumbnail, above their
+    median) of N grey images of any size, batched by shape: two matmuls per shape instead of N
+    Python-level resize + DCT calls. Equal to imagehash on 32x32 input (tested); on larger input it
+    skips imagehash's rounding of the thumbnail to uint8, which can flip a bit near the median."""
+    low = np.empty((len(greys), 8, 8))
     by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, grey in enumerate(greys):
         by_shape[grey.shape].append(i)
     for (h, w), idx in by_shape.items():
+        n = len(idx)
         stack = np.stack([greys[i] for i in idx]).astype(np.float64)
-        out[idx] = stack if (h, w) == (PHASH_SIDE, PHASH_SIDE) else _lanczos_matrix(h) @ stack @ _lanczos_matrix(w).T
-    return out
-
-
-def _phash_batch(thumbnails: np.ndarray) -> list[int]:
-    """imagehash.phash (8x8 low frequencies of the 32x32 DCT above their median) for N images at once:
-    one vectorised DCT instead of N Python-level calls. Bit-identical to imagehash (tested)."""
-    from scipy.fftpack import dct
-
-    low = dct(dct(thumbnails.astype(np.float64), axis=1), axis=2)[:, :8, :8].reshape(len(thumbnails), 64)
+        cols = (stack.reshape(n * h, w) @ _phash_projection(w).T).reshape(n, h, 8)
+        low[idx] = (cols.transpose(0, 2, 1).reshape(n * 8, h) @ _phash_projection(h).T) \
+            .reshape(n, 8, 8).transpose(0, 2, 1)
+    low = low.reshape(len(greys), 64)
     bits = low > np.median(low, axis=1, keepdims=True)
     return [int.from_bytes(row.tobytes(), "big") for row in np.packbits(bits, axis=1)]
 
 
-def _inspect_images(paths: list[str], root: Path | None, pool: ThreadPoolExecutor,
-                    known: dict[str, dict] | None = None) -> Callable[[], list[_ImageResult]]:
-    """Start inspecting `paths` in `pool` (a few large chunks: less GIL traffic than one task per image);
-    returns a function that waits for the results and adds their perceptual hashes."""
-    n_chunks = 4 * (os.cpu_count() or 1)
-    size = max(1, math.ceil(len(paths) / n_chunks))
-    futures = [pool.submit(lambda chunk: [_inspect_image(p, root, known) for p in chunk], paths[i:i + size])
-               for i in range(0, len(paths), size)]
+def _chunks(items: list, n: int) -> list[list]:
+    size = max(1, math.ceil(len(items) / n))
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
-    def collect() -> list[_ImageResult]:
-        results = [r for f in futures for r in f.result()]
+
+def _inspect_images(paths: list[str], root: Path | None, pool: ThreadPoolExecutor,
+                    known: dict[str, dict] | None = None, labels: list[str] = (), nc: int = 0,
+                    ) -> Callable[[], tuple[list[_ImageResult], list[_LabelResult]]]:
+    """Start inspecting `paths` (and parsing `labels`) in `pool`; returns a function that waits for the
+    results and adds the images' perceptual hashes.
+
+    Image and label chunks alternate in the queue so that one thread parses labels (Python, holds the
+    GIL) while the other decodes JPEGs (GIL released): a thread doing only Python would make every
+    decoding thread wait up to the interpreter's switch interval for the GIL after each image."""
+    n_chunks = 4 * (os.cpu_count() or 1)
+    image_futures, label_futures = [], []
+    for image_chunk, label_chunk in itertools.zip_longest(_chunks(paths, n_chunks), _chunks(list(labels), n_chunks)):
+        if image_chunk:
+            image_futures.append(pool.submit(lambda chunk: [_inspect_image(p, root, known) for p in chunk],
+                                             image_chunk))
+        if label_chunk:
+            label_futures.append(pool.submit(lambda chunk: [_parse_label(p, nc) for p in chunk], label_chunk))
+
+    def collect() -> tuple[list[_ImageResult], list[_LabelResult]]:
+        results = [r for f in image_futures for r in f.result()]
         hashed = [r for r in results if r.thumbnail is not None]
         if hashed:
-            for r, code in zip(hashed, _phash_batch(_phash_thumbnails([r.thumbnail for r in hashed]))):
+            for r, code in zip(hashed, _phash_batch([r.thumbnail for r in hashed])):
                 r.phash, r.new_facts["phash"], r.thumbnail = code, code, None
-        return results
+        return results, [r for f in label_futures for r in f.result()]
 
     return collect
 
@@ -806,12 +852,11 @@ def _parse_label(path: str, nc: int) -> _LabelResult:
     return result
 
 
-def _parse_labels(labels: list[str], nc: int) -> tuple[list[str], list[list[Finding]], np.ndarray, np.ndarray]:
+def _label_arrays(results: Iterable[_LabelResult]) -> tuple[list[str], list[list[Finding]], np.ndarray, np.ndarray]:
     """Per label: state, findings, box count; and all boxes as one (N, 6) array
     (line, class, cx, cy, w, h), which becomes the box table without per-row objects."""
     states, findings, counts, rows = [], [], [], []
-    for label in labels:
-        result = _parse_label(label, nc)
+    for result in results:
         states.append(result.state)
         findings.append(result.findings)
         counts.append(len(result.boxes))
@@ -850,7 +895,7 @@ def convert_segment_labels(label_file: Path, out_file: Path) -> int:
 def _hash_images(images: dict[str, list[Path]]) -> dict[Path, _ImageResult]:
     paths = sorted({p for ps in images.values() for p in ps})
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return dict(zip(paths, _inspect_images([str(p) for p in paths], None, pool)()))
+        return dict(zip(paths, _inspect_images([str(p) for p in paths], None, pool)()[0]))
 
 
 def find_duplicate_groups(images: dict[str, list[Path]], phash_threshold: int = 4,
@@ -957,23 +1002,26 @@ def validate_dataset(
     images = config.splits
 
     all_paths = sorted({p for ps in images.values() for p in ps})
-    image_results: dict[str, _ImageResult] = {}
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1) if check_images and all_paths else None
-    cache = _FactsCache(cache_dir) if cache_dir is not None and pool else None
-    collect_images = _inspect_images(all_paths, config.root, pool, cache.facts if cache else None) if pool else None
-    # Labels are parsed while the pool decodes images (JPEG decoding releases the GIL).
     label_of = {image: _label_path(image) for image in all_paths}
     entries = [(split, image) for split, paths in images.items() for image in paths]
-    states, label_findings, box_counts, box_array = _parse_labels([label_of[i] for _, i in entries], nc)
-    for found in label_findings:
-        findings.extend(found)
-    if pool:
-        image_results = dict(zip(all_paths, collect_images()))
+    image_results: dict[str, _ImageResult] = {}
+    if check_images and all_paths:
+        cache = _FactsCache(cache_dir) if cache_dir is not None else None
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            collected_images, collected_labels = _inspect_images(
+                all_paths, config.root, pool, cache.facts if cache else None, [label_of[i] for i in all_paths], nc)()
+        image_results = dict(zip(all_paths, collected_images))
+        label_result = dict(zip(all_paths, collected_labels))
+        label_results = [label_result[image] for _, image in entries]
         if cache:
             cache.save([r for r in image_results.values() if r.new_facts is not None])
-        pool.shutdown()
-        for result in image_results.values():
-            findings.extend(result.findings)
+    else:  # label-only: serial (pure Python, threads would only contend for the GIL)
+        label_results = [_parse_label(label_of[image], nc) for _, image in entries]
+    states, label_findings, box_counts, box_array = _label_arrays(label_results)
+    for found in label_findings:
+        findings.extend(found)
+    for result in image_results.values():
+        findings.extend(result.findings)
     findings.extend(_orphan_labels(set(label_of.values())))
 
     not_checked = _ImageResult()  # label-only path: one shared empty result

@@ -234,19 +234,25 @@ def test_batched_phash_is_imagehash_phash(real_dataset):
             im.draft("L", (PHASH_SIDE, PHASH_SIDE))
             thumbs.append(np.asarray(im.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)))
             expected.append(int(str(imagehash.phash(im)), 16))
-    assert _phash_batch(np.stack(thumbs)) == expected
+    assert _phash_batch(thumbs) == expected
 
 
-def test_batched_lanczos_resize_is_pils():
+def test_phash_of_any_size_is_lanczos_then_dct():
+    """One (8, n) matrix per side does PIL's LANCZOS resize to 32 and the DCT: equal to doing them apart."""
     import numpy as np
+    from scipy.fftpack import dct
 
-    from tasks.dataset_validation import PHASH_SIDE, _phash_thumbnails
+    from tasks.dataset_validation import PHASH_SIDE, _phash_batch
 
     rng = np.random.default_rng(0)
     greys = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in [(56, 56), (39, 41), (56, 56), (32, 32)]]
-    expected = [np.asarray(Image.fromarray(g.astype(np.float32), mode="F").resize(
-        (PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)) for g in greys]
-    np.testing.assert_allclose(_phash_thumbnails(greys), np.stack(expected), atol=1e-3)
+    expected = []
+    for grey in greys:
+        thumb = np.asarray(Image.fromarray(grey.astype(np.float32), mode="F").resize(
+            (PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS), dtype=np.float64)
+        low = dct(dct(thumb, axis=0), axis=1)[:8, :8].ravel()
+        expected.append(int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big"))
+    assert _phash_batch(greys) == expected
 
 
 def test_perceptual_hash_matches_imagehash_on_real_images(real_dataset):
@@ -255,13 +261,21 @@ def test_perceptual_hash_matches_imagehash_on_real_images(real_dataset):
     import imagehash
     import numpy as np
 
-    from tasks.dataset_validation import _decode, _phash_batch, _phash_thumbnails
+    from tasks.dataset_validation import _decode, _phash_batch
 
     images = sorted((real_dataset / "train" / "images").iterdir())[:60]
-    codes = _phash_batch(_phash_thumbnails([_decode(p.read_bytes())[1] for p in images]))
+    codes = _phash_batch([_decode(p.read_bytes())[1] for p in images])
     distance = np.array([bin(code ^ int(str(imagehash.phash(Image.open(p))), 16)).count("1")
                          for code, p in zip(codes, images)])
     assert distance.max() <= 4 and distance.mean() < 1.5, distance
+
+
+def test_jpeg_fast_header_agrees_with_pil(real_dataset):
+    from tasks.dataset_validation import _plain_jpeg_header
+
+    for path in sorted((real_dataset / "val" / "images").iterdir()):
+        with Image.open(path) as im:
+            assert _plain_jpeg_header(path.read_bytes()) == im.size
 
 
 def test_decode_cache_is_keyed_by_content(tmp_path):
