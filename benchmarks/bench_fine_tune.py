@@ -8,11 +8,14 @@
   A second anchor, the same CLI with torch on all cores, separates the thread effect from the
   task's own overhead (child start, results.csv follower, S3 uploads, summary).
 --seed-vs-native: the seed recipe (configs/phase2-seed.yaml, 640 px) versus the native recipe
-  (phase2-native.yaml, 320 px) from the same start (yolo11n.yaml, seed 0), same epochs, through
-  fine_tune: s/epoch ratio and val mAP50 of each (the recipes' own per-epoch validation, which
-  runs at their conf=0.25).
+  (phase2-native.yaml, 320 px) through fine_tune, from the same start weights for the same epochs, on
+  the pipeline's rebalanced (leak-free) copy of the real dataset: s/epoch ratio, each recipe's own
+  per-epoch val mAP50 (at its conf 0.25) and its best.pt re-evaluated under the selection step's
+  fixed protocol at 320 and at 640 px. The start weights are a phase-1 baseline trained here first
+  (yolo11n.yaml, 320 px, --baseline-epochs) unless --start-weights is given; --work keeps it for re-runs.
 
-Run: .venv/bin/python benchmarks/bench_fine_tune.py --compare-bare --seed-vs-native [--epochs 2]
+Run: .venv/bin/python benchmarks/bench_fine_tune.py --compare-bare [--train-images 32] [--epochs 2]
+     .venv/bin/python benchmarks/bench_fine_tune.py --seed-vs-native --epochs 10 --work /tmp/bench-svn
 """
 
 from __future__ import annotations
@@ -158,17 +161,19 @@ def seed_vs_native(work: Path, epochs: int, baseline_epochs: int, start_weights:
         wall = time.monotonic() - started
         history = read_results(result.results_csv)
         own = max(float(r["metrics/mAP50(B)"]) for r in history)
-        fixed = fixed_protocol(work / f"{name}-{epochs}" / "weights" / "best.pt", data_yaml, imgsz,
-                               work / f"eval-{name}-{epochs}")
-        rows[name] = (imgsz, seconds_per_epoch(result.results_csv), wall, own, *fixed)
+        best = work / f"{name}-{epochs}" / "weights" / "best.pt"
+        fixed = {size: fixed_protocol(best, data_yaml, size, work / f"eval-{name}-{epochs}-{size}") for size in (320, 640)}
+        rows[name] = (imgsz, seconds_per_epoch(result.results_csv), wall, own, fixed)
     print(f"\n== seed (640) vs native (320) recipe, {epochs} epochs each from the same start weights "
           f"({start}), rebalanced real dataset ({data_yaml}), CPU ==")
-    for imgsz, (map50, toe) in base.items():
-        print(f"start weights  eval at {imgsz}: fixed-protocol val mAP50 {map50:.4f}, toe_drain AP50 {toe:.4f}")
-    print("recipe         imgsz  s/epoch   wall     best val mAP50 (recipe's own, conf 0.25)  "
-          "best.pt fixed protocol: mAP50, toe_drain AP50")
-    for name, (imgsz, s_epoch, wall, own, map50, toe) in rows.items():
-        print(f"{name:14s} {imgsz:5d} {s_epoch:8.1f} {wall:7.1f} s  {own:.4f}{'':37s}{map50:.4f}, {toe:.4f}")
+    print("fixed protocol: val split, conf 0.001, iou 0.7; mAP50 / toe_drain AP50 with the model evaluated at 320 and 640")
+    print(f"{'start weights':14s} {'':5s} {'':8s} {'':9s}  {'':6s}  "
+          + "  ".join(f"@{size}: {m:.4f} / {t:.4f}" for size, (m, t) in base.items()))
+    print(f"{'recipe':14s} imgsz  s/epoch  wall       own*")
+    for name, (imgsz, s_epoch, wall, own, fixed) in rows.items():
+        print(f"{name:14s} {imgsz:5d} {s_epoch:8.1f} {wall:7.1f} s  {own:.4f}  "
+              + "  ".join(f"@{size}: {m:.4f} / {t:.4f}" for size, (m, t) in fixed.items()))
+    print("* own: best val mAP50 in the recipe's results.csv (its per-epoch validation, at the recipe's conf 0.25)")
     print(f"s/epoch ratio seed/native: {rows['phase2-seed'][1] / rows['phase2-native'][1]:.2f}")
 
 
