@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.settings import configure_environment, real_dataset_dir  # noqa: E402
@@ -146,23 +148,29 @@ def fixed_protocol(weights: Path, data_yaml: Path, imgsz: int, out: Path) -> tup
     return result.metrics["overall"]["mAP50"], result.metrics["per_class"]["toe_drain"]["AP50"]
 
 
-def seed_vs_native(work: Path, epochs: int, baseline_epochs: int, start_weights: Path | None) -> None:
+def seed_vs_native(work: Path, epochs: int, baseline_epochs: int, start_weights: Path | None,
+                   variants: list[str]) -> None:
     data_yaml = rebalanced_dataset(work)
     start = start_weights or phase1_baseline(work, data_yaml, baseline_epochs)
     base = {imgsz: fixed_protocol(start, data_yaml, imgsz, work / f"eval-start-{imgsz}") for imgsz in (320, 640)}
     rows = {}
-    for name, imgsz in (("phase2-native", 320), ("phase2-seed", 640)):
-        recipe = load_recipe(name)
-        args = {**recipe.train.ultralytics_kwargs(imgsz), "epochs": epochs, "device": "cpu", "workers": 0,
-                "plots": False}
+    runs = [("phase2-native", 320, {}), ("phase2-seed", 640, {})]
+    for variant in variants:  # e.g. "phase2-native:warmup_bias_lr=0.0001"
+        recipe_name, _, overrides = variant.partition(":")
+        runs.append((variant, 320 if recipe_name == "phase2-native" else 640,
+                     {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in overrides.split(","))}))
+    for name, imgsz, overrides in runs:
+        recipe = load_recipe(name.partition(":")[0])
+        args = {**recipe.train.ultralytics_kwargs(imgsz), **overrides, "epochs": epochs, "device": "cpu",
+                "workers": 0, "plots": False}
         started = time.monotonic()
-        result = fine_tune(weights=start, data_yaml=data_yaml, train_args=args, save_dir=work / f"{name}-{epochs}",
-                           run_prefix=f"bench/{name}")
+        run_dir = work / f"{name.replace(':', '+').replace('=', '-').replace(',', '+')}-{epochs}"
+        result = fine_tune(weights=start, data_yaml=data_yaml, train_args=args, save_dir=run_dir, run_prefix="bench/svn")
         wall = time.monotonic() - started
         history = read_results(result.results_csv)
         own = max(float(r["metrics/mAP50(B)"]) for r in history)
-        best = work / f"{name}-{epochs}" / "weights" / "best.pt"
-        fixed = {size: fixed_protocol(best, data_yaml, size, work / f"eval-{name}-{epochs}-{size}") for size in (320, 640)}
+        fixed = {size: fixed_protocol(run_dir / "weights" / "best.pt", data_yaml, size, work / f"eval-{run_dir.name}-{size}")
+                 for size in (320, 640)}
         rows[name] = (imgsz, seconds_per_epoch(result.results_csv), wall, own, fixed)
     print(f"\n== seed (640) vs native (320) recipe, {epochs} epochs each from the same start weights "
           f"({start}), rebalanced real dataset ({data_yaml}), CPU ==")
@@ -188,6 +196,9 @@ def main() -> None:
     parser.add_argument("--baseline-epochs", type=int, default=60,
                         help="--seed-vs-native: epochs of the phase-1 baseline trained first (default 60)")
     parser.add_argument("--start-weights", type=Path, help="--seed-vs-native: use these instead of training one")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="--seed-vs-native: an extra run, RECIPE:KEY=VALUE[,KEY=VALUE] (e.g. "
+                             "phase2-native:warmup_bias_lr=0.0001)")
     parser.add_argument("--work", type=Path, help="keep work (baseline, runs) here to reuse; default: a temp dir")
     opts = parser.parse_args()
     if not (opts.compare_bare or opts.seed_vs_native):
@@ -198,7 +209,7 @@ def main() -> None:
         if opts.compare_bare:
             compare_bare(work / "bare", opts.epochs, opts.imgsz, opts.batch, opts.train_images)
         if opts.seed_vs_native:
-            seed_vs_native(work / "recipes", opts.epochs, opts.baseline_epochs, opts.start_weights)
+            seed_vs_native(work / "recipes", opts.epochs, opts.baseline_epochs, opts.start_weights, opts.variant)
     print(f"machine after: {machine()}")
 
 
