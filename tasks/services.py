@@ -250,10 +250,11 @@ class SeaweedFS:
         deadline = time.monotonic() + self.ready_timeout
         last_error = "no attempt"
         while time.monotonic() < deadline:
-            instance = self._read_instance()
-            if instance is None:
-                if self._process is not None:
-                    self._process.wait()
+            # The child we launched is watched directly (a momentarily unreadable instance record
+            # must not make us wait() forever on a server that is running); one another process
+            # launched is watched through its record.
+            exited = self._process.poll() is not None if self._process is not None else self._read_instance() is None
+            if exited:
                 raise RuntimeError(f"SeaweedFS exited during startup; see {self.log_file}:\n{self._log_tail()}")
             try:
                 store.ensure_bucket()
@@ -264,10 +265,13 @@ class SeaweedFS:
             except StorageError as exc:
                 last_error = str(exc)
             time.sleep(0.5)
-        raise TimeoutError(
-            f"SeaweedFS at {self.endpoint} not serving S3 after {self.ready_timeout:.0f} s "
-            f"(last error: {last_error}); see {self.log_file}"
-        )
+        message = (f"SeaweedFS at {self.endpoint} not serving S3 after {self.ready_timeout:.0f} s "
+                   f"(last error: {last_error}); see {self.log_file}")
+        if self._process is not None:  # ours and useless: don't leave it running
+            process, self._process = self._process, None
+            stop_process_group(process.pid, grace=2.0, gone=lambda _: process.poll() is not None)
+            self.instance_file.unlink(missing_ok=True)
+        raise TimeoutError(message)
 
     def _log_tail(self, lines: int = 15) -> str:
         try:

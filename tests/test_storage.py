@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -163,6 +164,39 @@ def test_start_is_idempotent_and_env_reaches_it(seaweedfs):
     env = again.env()
     assert set(env) == {"PHASE2_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PHASE2_S3_BUCKET"}
     assert ObjectStore(again.settings()).list(".phase2-ready/") == []  # sentinel cleaned up
+
+
+def test_startup_survives_an_unreadable_instance_record(tmp_path, monkeypatch):
+    """A reliability run once hung 900 s here: the record of the server being started read as
+    missing, and start() then wait()ed for a running server to exit. The child we launched is
+    now watched directly. (The unreadable record is simulated: that moment can't be made on demand.)"""
+    server = SeaweedFS(tmp_path / "state", ports=SeaweedPorts.free())
+    monkeypatch.setattr(SeaweedFS, "_read_instance", lambda self: None)
+    try:
+        server.start()
+        assert ObjectStore(server.settings()).list(".phase2-ready/") == []
+    finally:
+        monkeypatch.undo()
+        server.stop()
+    assert not server.is_running()
+
+
+def test_server_not_serving_in_time_is_stopped_not_orphaned(tmp_path):
+    """`weed mini` needs over a second to serve S3; a 0.2 s budget must end in a clear TimeoutError
+    with the launched server stopped."""
+    server = SeaweedFS(tmp_path / "state", ports=SeaweedPorts.free(), ready_timeout=0.2)
+    with pytest.raises(TimeoutError, match="not serving S3 after 0 s"):
+        server.start()
+
+    def ours_running() -> list[str]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and str(server.data_dir).encode() in (proc / "cmdline").read_bytes():
+                    found.append(proc.name)
+        return found
+
+    assert ours_running() == [] and not server.is_running()
 
 
 def test_restart_mid_upload_publishes_nothing_torn_and_recovers(tmp_path, reliability_log):
