@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from tasks.services import SeaweedFS, SeaweedPorts
 from tasks.settings import S3Settings
@@ -181,11 +182,14 @@ def test_startup_survives_an_unreadable_instance_record(tmp_path, monkeypatch):
     assert not server.is_running()
 
 
-def test_server_not_serving_in_time_is_stopped_not_orphaned(tmp_path):
-    """`weed mini` needs over a second to serve S3; a 0.2 s budget must end in a clear TimeoutError
-    with the launched server stopped."""
-    server = SeaweedFS(tmp_path / "state", ports=SeaweedPorts.free(), ready_timeout=0.2)
-    with pytest.raises(TimeoutError, match="not serving S3 after 0 s"):
+def test_server_not_serving_in_time_is_stopped_not_orphaned(tmp_path, monkeypatch):
+    """The readiness probe signs with a wrong secret, so the real server refuses every request: after
+    ready_timeout start() must raise a clear TimeoutError and stop the server it launched."""
+    server = SeaweedFS(tmp_path / "state", ports=SeaweedPorts.free(), ready_timeout=3)
+    real_settings = SeaweedFS.settings
+    monkeypatch.setattr(SeaweedFS, "settings", lambda self: real_settings(self).model_copy(
+        update={"secret_access_key": SecretStr("not-the-server-secret")}))
+    with pytest.raises(TimeoutError, match="not serving S3 after 3 s"):
         server.start()
 
     def ours_running() -> list[str]:
