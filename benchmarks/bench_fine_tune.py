@@ -154,13 +154,14 @@ def seed_vs_native(work: Path, epochs: int, baseline_epochs: int, start_weights:
     start = start_weights or phase1_baseline(work, data_yaml, baseline_epochs)
     base = {imgsz: fixed_protocol(start, data_yaml, imgsz, work / f"eval-start-{imgsz}") for imgsz in (320, 640)}
     rows = {}
-    runs = [("phase2-native", 320, {}), ("phase2-seed", 640, {})]
+    imgsz_of = {"phase2-native": 320, "phase2-seed": 640}  # native: the validation report's recommendation
+    runs = [(name, {}) for name in imgsz_of]
     for variant in variants:  # e.g. "phase2-native:warmup_bias_lr=0.0001"
-        recipe_name, _, overrides = variant.partition(":")
-        runs.append((variant, 320 if recipe_name == "phase2-native" else 640,
-                     {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in overrides.split(","))}))
-    for name, imgsz, overrides in runs:
-        recipe = load_recipe(name.partition(":")[0])
+        overrides = variant.partition(":")[2]
+        runs.append((variant, {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in overrides.split(","))}))
+    for name, overrides in runs:
+        recipe_name = name.partition(":")[0]
+        recipe, imgsz = load_recipe(recipe_name), imgsz_of[recipe_name]
         args = {**recipe.train.ultralytics_kwargs(imgsz), **overrides, "epochs": epochs, "device": "cpu",
                 "workers": 0, "plots": False}
         started = time.monotonic()
