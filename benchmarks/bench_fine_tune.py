@@ -1,6 +1,6 @@
 """Fine-tuning speed against anchors measured in the same run.
 
---compare-bare: `tasks.fine_tune.fine_tune` (child process, results.csv follower, checkpoint
+--compare-bare: `phase2.training.fine_tune.fine_tune` (child process, results.csv follower, checkpoint
   uploads to a real SeaweedFS in the background) versus bare `yolo train` (.venv/bin/yolo) with
   identical arguments on the same copy of the real dataset. Prints the wall-time ratio
   (target <= 1.03). On CPU the task trains on all cores while bare Ultralytics uses
@@ -33,12 +33,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.settings import configure_environment, real_dataset_dir  # noqa: E402
+from phase2.infra.settings import configure_environment, real_dataset_dir
 
 configure_environment()
 
-from tasks.fine_tune import fine_tune, read_results  # noqa: E402
-from tasks.recipe import load_recipe  # noqa: E402
+from phase2.training.fine_tune import fine_tune, read_results  # noqa: E402
+from phase2.training.recipe import load_recipe  # noqa: E402
 
 
 def machine() -> str:
@@ -64,28 +64,61 @@ def seconds_per_epoch(results_csv: Path) -> float:
 
 
 def compare_bare(work: Path, epochs: int, imgsz: int, batch: int, train_images: int | None) -> None:
-    from tasks.services import SeaweedFS, SeaweedPorts
-    from tasks.storage import ObjectStore
+    from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
+    from phase2.registry.storage import ObjectStore
 
     data_yaml = copy_dataset(work / "data", train_images)
-    args = {"epochs": epochs, "imgsz": imgsz, "batch": batch, "workers": 0, "device": "cpu",
-            "plots": False, "seed": 0, "deterministic": True, "save_period": -1}
+    args = {
+        "epochs": epochs,
+        "imgsz": imgsz,
+        "batch": batch,
+        "workers": 0,
+        "device": "cpu",
+        "plots": False,
+        "seed": 0,
+        "deterministic": True,
+        "save_period": -1,
+    }
     # Warm-up: dataset cache and OS file cache are then equal for both runs.
-    subprocess.run([str(Path(sys.executable).with_name("yolo")), "val", "model=yolo11n.yaml",
-                    f"data={data_yaml}", "imgsz=64", "batch=16", "device=cpu", "plots=False",
-                    f"project={work}", "name=warmup"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("yolo")),
+            "val",
+            "model=yolo11n.yaml",
+            f"data={data_yaml}",
+            "imgsz=64",
+            "batch=16",
+            "device=cpu",
+            "plots=False",
+            f"project={work}",
+            "name=warmup",
+        ],
+        check=True,
+        capture_output=True,
+    )
 
-    train = ["train", "model=yolo11n.yaml", f"data={data_yaml}", *(f"{k}={v}" for k, v in args.items()),
-             f"project={work}", "exist_ok=True"]
+    train = [
+        "train",
+        "model=yolo11n.yaml",
+        f"data={data_yaml}",
+        *(f"{k}={v}" for k, v in args.items()),
+        f"project={work}",
+        "exist_ok=True",
+    ]
     yolo = [str(Path(sys.executable).with_name("yolo"))]
     # The same CLI with the task's one difference, torch on all cores: isolates the task's overhead.
-    yolo_all_cores = [sys.executable, "-c", "import os, ultralytics.utils.torch_utils as t; "
-                      "t.NUM_THREADS = os.cpu_count(); from ultralytics.cfg import entrypoint; entrypoint()"]
+    yolo_all_cores = [
+        sys.executable,
+        "-c",
+        "import os, ultralytics.utils.torch_utils as t; "
+        "t.NUM_THREADS = os.cpu_count(); from ultralytics.cfg import entrypoint; entrypoint()",
+    ]
     bare: dict[str, float] = {}
     for name, command in (("bare", yolo), ("bare-all-cores", yolo_all_cores)):
         started = time.monotonic()
-        subprocess.run([*command, *train, f"name={name}"], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [*command, *train, f"name={name}"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         bare[name] = time.monotonic() - started
 
     s3 = SeaweedFS(work / "s3", ports=SeaweedPorts.free()).start()
@@ -93,22 +126,36 @@ def compare_bare(work: Path, epochs: int, imgsz: int, batch: int, train_images: 
         store = ObjectStore(s3.settings())
         store.ensure_bucket()
         started = time.monotonic()
-        result = fine_tune(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=args, save_dir=work / "task",
-                           store=store, run_prefix="bench/train")
+        result = fine_tune(
+            weights="yolo11n.yaml",
+            data_yaml=data_yaml,
+            train_args=args,
+            save_dir=work / "task",
+            store=store,
+            run_prefix="bench/train",
+        )
         task = time.monotonic() - started
     finally:
         s3.stop()
     threads = next(line for line in (work / "task.log").read_text().splitlines() if "torch threads" in line)
     subset = f"first {train_images} train images" if train_images else "all train images"
-    print(f"\n== fine_tune vs bare `yolo train` (yolo11n.yaml, imgsz {imgsz}, batch {batch}, {epochs} epochs, "
-          f"real dataset: {subset}, all val; CPU) ==")
+    print(
+        f"\n== fine_tune vs bare `yolo train` (yolo11n.yaml, imgsz {imgsz}, batch {batch}, {epochs} epochs, "
+        f"real dataset: {subset}, all val; CPU) =="
+    )
     default_threads = max(1, (os.cpu_count() or 1) - 1)
-    print(f"bare yolo train          : {bare['bare']:7.1f} s wall, "
-          f"{seconds_per_epoch(work / 'bare' / 'results.csv'):6.1f} s/epoch (torch threads: {default_threads})")
-    print(f"bare yolo train all cores: {bare['bare-all-cores']:7.1f} s wall, "
-          f"{seconds_per_epoch(work / 'bare-all-cores' / 'results.csv'):6.1f} s/epoch (torch threads: {os.cpu_count()})")
-    print(f"fine_tune task           : {task:7.1f} s wall, {seconds_per_epoch(result.results_csv):6.1f} s/epoch "
-          f"(child log: {threads.strip()}; {len(result.checkpoints)} files to S3)")
+    print(
+        f"bare yolo train          : {bare['bare']:7.1f} s wall, "
+        f"{seconds_per_epoch(work / 'bare' / 'results.csv'):6.1f} s/epoch (torch threads: {default_threads})"
+    )
+    print(
+        f"bare yolo train all cores: {bare['bare-all-cores']:7.1f} s wall, "
+        f"{seconds_per_epoch(work / 'bare-all-cores' / 'results.csv'):6.1f} s/epoch (torch threads: {os.cpu_count()})"
+    )
+    print(
+        f"fine_tune task           : {task:7.1f} s wall, {seconds_per_epoch(result.results_csv):6.1f} s/epoch "
+        f"(child log: {threads.strip()}; {len(result.checkpoints)} files to S3)"
+    )
     print(f"ratio task/bare           : {task / bare['bare']:.3f}  (target <= 1.03; includes the thread setting)")
     print(f"ratio task/bare-all-cores : {task / bare['bare-all-cores']:.3f}  (the task's own overhead)")
 
@@ -116,7 +163,7 @@ def compare_bare(work: Path, epochs: int, imgsz: int, batch: int, train_images: 
 def rebalanced_dataset(work: Path) -> Path:
     """The pipeline's own view of the real data: leak groups repaired, val rebalanced (targets from
     the seed recipe). Lists point at the read-only source; nothing is written inside it."""
-    from tasks.rebalance import rebalance_validation
+    from phase2.dataset.rebalance import rebalance_validation
 
     out = work / "dataset"
     if not (out / "manifest.json").exists():
@@ -128,28 +175,44 @@ def phase1_baseline(work: Path, data_yaml: Path, epochs: int) -> Path:
     """A phase-1 baseline trained here (the guide's own baseline .pt is not in shared/): yolo11n.yaml
     from random weights at 320 px with Ultralytics' defaults on the rebalanced train split. Kept in
     `work` so a re-run reuses it (fine_tune returns a finished run as is)."""
-    args = {"epochs": epochs, "imgsz": 320, "batch": 16, "seed": 0, "deterministic": True, "device": "cpu",
-            "workers": 0, "plots": False}
+    args = {
+        "epochs": epochs,
+        "imgsz": 320,
+        "batch": 16,
+        "seed": 0,
+        "deterministic": True,
+        "device": "cpu",
+        "workers": 0,
+        "plots": False,
+    }
     started = time.monotonic()
-    result = fine_tune(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=args, save_dir=work / "baseline",
-                       run_prefix="bench/baseline")
+    result = fine_tune(
+        weights="yolo11n.yaml",
+        data_yaml=data_yaml,
+        train_args=args,
+        save_dir=work / "baseline",
+        run_prefix="bench/baseline",
+    )
     rows = read_results(result.results_csv)
-    print(f"phase-1 baseline: yolo11n.yaml, 320 px, {len(rows)} epochs, {seconds_per_epoch(result.results_csv):.1f} "
-          f"s/epoch, best val mAP50 {max(float(r['metrics/mAP50(B)']) for r in rows):.4f} "
-          f"({time.monotonic() - started:.0f} s this call)")
+    print(
+        f"phase-1 baseline: yolo11n.yaml, 320 px, {len(rows)} epochs, {seconds_per_epoch(result.results_csv):.1f} "
+        f"s/epoch, best val mAP50 {max(float(r['metrics/mAP50(B)']) for r in rows):.4f} "
+        f"({time.monotonic() - started:.0f} s this call)"
+    )
     return work / "baseline" / "weights" / "best.pt"
 
 
 def fixed_protocol(weights: Path, data_yaml: Path, imgsz: int, out: Path) -> tuple[float, float | None]:
     """val mAP50 and toe_drain AP50 under the selection step's protocol (conf 0.001, iou 0.7)."""
-    from tasks.selection import evaluate_checkpoint
+    from phase2.evaluation.selection import evaluate_checkpoint
 
     result = evaluate_checkpoint(weights, data_yaml, imgsz=imgsz, device="cpu", out_dir=out)
     return result.metrics["overall"]["mAP50"], result.metrics["per_class"]["toe_drain"]["AP50"]
 
 
-def seed_vs_native(work: Path, epochs: int, baseline_epochs: int, start_weights: Path | None,
-                   variants: list[str]) -> None:
+def seed_vs_native(
+    work: Path, epochs: int, baseline_epochs: int, start_weights: Path | None, variants: list[str]
+) -> None:
     data_yaml = rebalanced_dataset(work)
     start = start_weights or phase1_baseline(work, data_yaml, baseline_epochs)
     base = {imgsz: fixed_protocol(start, data_yaml, imgsz, work / f"eval-start-{imgsz}") for imgsz in (320, 640)}
@@ -162,26 +225,44 @@ def seed_vs_native(work: Path, epochs: int, baseline_epochs: int, start_weights:
     for name, overrides in runs:
         recipe_name = name.partition(":")[0]
         recipe, imgsz = load_recipe(recipe_name), imgsz_of[recipe_name]
-        args = {**recipe.train.ultralytics_kwargs(imgsz), **overrides, "epochs": epochs, "device": "cpu",
-                "workers": 0, "plots": False}
+        args = {
+            **recipe.train.ultralytics_kwargs(imgsz),
+            **overrides,
+            "epochs": epochs,
+            "device": "cpu",
+            "workers": 0,
+            "plots": False,
+        }
         started = time.monotonic()
         run_dir = work / f"{name.replace(':', '+').replace('=', '-').replace(',', '+')}-{epochs}"
-        result = fine_tune(weights=start, data_yaml=data_yaml, train_args=args, save_dir=run_dir, run_prefix="bench/svn")
+        result = fine_tune(
+            weights=start, data_yaml=data_yaml, train_args=args, save_dir=run_dir, run_prefix="bench/svn"
+        )
         wall = time.monotonic() - started
         history = read_results(result.results_csv)
         own = max(float(r["metrics/mAP50(B)"]) for r in history)
-        fixed = {size: fixed_protocol(run_dir / "weights" / "best.pt", data_yaml, size, work / f"eval-{run_dir.name}-{size}")
-                 for size in (320, 640)}
+        fixed = {
+            size: fixed_protocol(run_dir / "weights" / "best.pt", data_yaml, size, work / f"eval-{run_dir.name}-{size}")
+            for size in (320, 640)
+        }
         rows[name] = (imgsz, seconds_per_epoch(result.results_csv), wall, own, fixed)
-    print(f"\n== seed (640) vs native (320) recipe, {epochs} epochs each from the same start weights "
-          f"({start}), rebalanced real dataset ({data_yaml}), CPU ==")
-    print("fixed protocol: val split, conf 0.001, iou 0.7; mAP50 / toe_drain AP50 with the model evaluated at 320 and 640")
-    print(f"{'start weights':14s} {'':5s} {'':8s} {'':9s}  {'':6s}  "
-          + "  ".join(f"@{size}: {m:.4f} / {t:.4f}" for size, (m, t) in base.items()))
+    print(
+        f"\n== seed (640) vs native (320) recipe, {epochs} epochs each from the same start weights "
+        f"({start}), rebalanced real dataset ({data_yaml}), CPU =="
+    )
+    print(
+        "fixed protocol: val split, conf 0.001, iou 0.7; mAP50 / toe_drain AP50 with the model evaluated at 320 and 640"
+    )
+    print(
+        f"{'start weights':14s} {'':5s} {'':8s} {'':9s}  {'':6s}  "
+        + "  ".join(f"@{size}: {m:.4f} / {t:.4f}" for size, (m, t) in base.items())
+    )
     print(f"{'recipe':14s} imgsz  s/epoch  wall       own*")
     for name, (imgsz, s_epoch, wall, own, fixed) in rows.items():
-        print(f"{name:14s} {imgsz:5d} {s_epoch:8.1f} {wall:7.1f} s  {own:.4f}  "
-              + "  ".join(f"@{size}: {m:.4f} / {t:.4f}" for size, (m, t) in fixed.items()))
+        print(
+            f"{name:14s} {imgsz:5d} {s_epoch:8.1f} {wall:7.1f} s  {own:.4f}  "
+            + "  ".join(f"@{size}: {m:.4f} / {t:.4f}" for size, (m, t) in fixed.items())
+        )
     print("* own: best val mAP50 in the recipe's results.csv (its per-epoch validation, at the recipe's conf 0.25)")
     print(f"s/epoch ratio seed/native: {rows['phase2-seed'][1] / rows['phase2-native'][1]:.2f}")
 
@@ -194,12 +275,19 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=320, help="--compare-bare image size")
     parser.add_argument("--batch", type=int, default=16, help="--compare-bare batch size")
     parser.add_argument("--train-images", type=int, help="--compare-bare: only the first N train images")
-    parser.add_argument("--baseline-epochs", type=int, default=60,
-                        help="--seed-vs-native: epochs of the phase-1 baseline trained first (default 60)")
+    parser.add_argument(
+        "--baseline-epochs",
+        type=int,
+        default=60,
+        help="--seed-vs-native: epochs of the phase-1 baseline trained first (default 60)",
+    )
     parser.add_argument("--start-weights", type=Path, help="--seed-vs-native: use these instead of training one")
-    parser.add_argument("--variant", action="append", default=[],
-                        help="--seed-vs-native: an extra run, RECIPE:KEY=VALUE[,KEY=VALUE] (e.g. "
-                             "phase2-native:warmup_bias_lr=0.0001)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="--seed-vs-native: an extra run, RECIPE:KEY=VALUE[,KEY=VALUE] (e.g. phase2-native:warmup_bias_lr=0.0001)",
+    )
     parser.add_argument("--work", type=Path, help="keep work (baseline, runs) here to reuse; default: a temp dir")
     opts = parser.parse_args()
     if not (opts.compare_bare or opts.seed_vs_native):

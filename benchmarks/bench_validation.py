@@ -27,14 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.settings import configure_environment, real_dataset_dir  # noqa: E402
+from phase2.infra.settings import configure_environment, real_dataset_dir
 
 configure_environment()
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tasks.dataset_validation import validate_dataset  # noqa: E402
+from phase2.dataset.validation import validate_dataset  # noqa: E402
 
 
 def ultralytics_scan(data_yaml: Path, fresh: bool) -> int:
@@ -90,9 +90,11 @@ def bench_real(repeats: int) -> dict[str, float]:
                 times[name] += timed(run, 1)
     median = {name: statistics.median(t) for name, t in times.items()}
     groups = report.duplicate_groups
-    print(f"real dataset: {sum(s.images for s in report.splits)} images, {len(groups)} duplicate groups "
-          f"({sum(g.cross_split for g in groups)} cross-split), phash threshold {report.phash_threshold}, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"real dataset: {sum(s.images for s in report.splits)} images, {len(groups)} duplicate groups "
+        f"({sum(g.cross_split for g in groups)} cross-split), phash threshold {report.phash_threshold}, "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+    )
     for name, t in times.items():
         print(f"  {name:38s} median {median[name]:.3f} s  {fmt(t)}")
     cold = median["validate_dataset, no decode cache"] / median["ultralytics, labels.cache deleted"]
@@ -127,7 +129,8 @@ def make_label_dataset(root: Path, n: int) -> Path:
     os.link(source, root / "val" / "images" / "v.jpg")
     (root / "val" / "labels" / "v.txt").write_text("2 0.5 0.5 0.2 0.2\n")
     (root / "data.yaml").write_text(
-        "train: ./train/images\nval: ./val/images\nnc: 4\nnames: [rock_toe, slope_drain, toe_drain, vegetation]\n")
+        "train: ./train/images\nval: ./val/images\nnc: 4\nnames: [rock_toe, slope_drain, toe_drain, vegetation]\n"
+    )
     return root / "data.yaml"
 
 
@@ -150,10 +153,13 @@ def bench_labels(n: int, repeats: int) -> dict[str, float]:
     files = n + 1  # train + the one val label
     ours_s, anchor_s = statistics.median(ours), statistics.median(anchor)
     print(f"label-only: {files} label files, {os.cpu_count()} cores")
-    print(f"  anchor (open+read every label once): median {anchor_s:.3f} s  {fmt(anchor)} "
-          f"= {n / anchor_s:,.0f} files/s")
-    print(f"  validate_dataset(check_images=False): median {ours_s:.3f} s  {fmt(ours)} "
-          f"= {files / ours_s:,.0f} files/s (target >= 20,000)")
+    print(
+        f"  anchor (open+read every label once): median {anchor_s:.3f} s  {fmt(anchor)} = {n / anchor_s:,.0f} files/s"
+    )
+    print(
+        f"  validate_dataset(check_images=False): median {ours_s:.3f} s  {fmt(ours)} "
+        f"= {files / ours_s:,.0f} files/s (target >= 20,000)"
+    )
     print(f"  ratio ours per file / anchor per file: {(ours_s / files) / (anchor_s / n):.2f}")
     return {"files_per_s": files / ours_s, "anchor_files_per_s": n / anchor_s}
 

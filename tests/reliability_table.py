@@ -86,20 +86,25 @@ class ReliabilityLog:
 
     def markdown(self) -> str:
         rows = sorted(self.rows.values(), key=lambda r: (CATEGORIES.index(r.category), r.kind))
-        lines = [PREAMBLE, "## Summary", "",
-                 "| category | kinds | tried | all green |", "|---|---:|---:|---|"]
+        lines = [PREAMBLE, "## Summary", "", "| category | kinds | tried | all green |", "|---|---:|---:|---|"]
         for category in CATEGORIES:
             members = [r for r in rows if r.category == category]
             if members:
                 green = "yes" if all(r.passed for r in members) else "NO"
                 lines.append(f"| {category} | {len(members)} | {sum(r.tried for r in members)} | {green} |")
-        lines += ["", "## Every row", "",
-                  "| category | fault or input | tried | expected outcome | observed outcome | result |",
-                  "|---|---|---:|---|---|---|"]
+        lines += [
+            "",
+            "## Every row",
+            "",
+            "| category | fault or input | tried | expected outcome | observed outcome | result |",
+            "|---|---|---:|---|---|---|",
+        ]
         for r in rows:
             result = "pass" if r.passed else f"FAIL ({r.tried - r.tried_passing} of {r.tried})"
-            lines.append(f"| {r.category} | {_cell(r.kind)} | {r.tried} | {_cell(r.expected)} | "
-                         f"{_cell(r.observed())} | {result} |")
+            lines.append(
+                f"| {r.category} | {_cell(r.kind)} | {r.tried} | {_cell(r.expected)} | "
+                f"{_cell(r.observed())} | {result} |"
+            )
         files = sorted({t.split("::", 1)[0] for r in rows for t in r.tests})
         lines += ["", "Recorded by: " + ", ".join(f"`{f}`" for f in files), ""]
         return "\n".join(lines)

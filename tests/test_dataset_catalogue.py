@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tasks.dataset_validation import CODES, _parse_label, validate_dataset
-from tasks.settings import CLASS_NAMES
+from phase2.dataset.validation import CODES, _parse_label, validate_dataset
+from phase2.infra.settings import CLASS_NAMES
 
 IMGSZ = 64  # the generated images are 64 px: no IMGSZ_ABOVE_NATIVE noise unless a case asks for it
 LAYOUT = {"train": 3, "val": 2, "test": 1}
@@ -48,8 +48,13 @@ def make_dataset(root: Path) -> Path:
             label = root / split / "labels" / f"{split}{i}.txt"
             label.parent.mkdir(parents=True, exist_ok=True)
             label.write_text(f"{seed % 4} 0.5 0.5 0.3 0.2\n2 0.25 0.25 0.2 0.2\n")
-    meta = {"train": "./train/images", "val": "./val/images", "test": "./test/images", "nc": 4,
-            "names": list(CLASS_NAMES)}
+    meta = {
+        "train": "./train/images",
+        "val": "./val/images",
+        "test": "./test/images",
+        "nc": 4,
+        "names": list(CLASS_NAMES),
+    }
     (root / "data.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     return root / "data.yaml"
 
@@ -67,8 +72,9 @@ def edit_yaml(root: Path, **changes) -> None:
 
 
 def yaml_line(root: Path, key: str) -> int:
-    return next(i for i, line in enumerate((root / "data.yaml").read_text().splitlines(), 1)
-                if line.startswith(f"{key}:"))
+    return next(
+        i for i, line in enumerate((root / "data.yaml").read_text().splitlines(), 1) if line.startswith(f"{key}:")
+    )
 
 
 def write_label(root: Path, rows: str, name: str = "train0") -> tuple[Path, None]:
@@ -80,6 +86,7 @@ def write_label(root: Path, rows: str, name: str = "train0") -> tuple[Path, None
 def label_case(rows: str, line: int) -> Callable[[Path], tuple[Path, int]]:
     def apply(root: Path) -> tuple[Path, int]:
         return write_label(root, rows)[0], line
+
     return apply
 
 
@@ -381,16 +388,22 @@ CASES: dict[str, tuple[str, Callable[[Path], tuple[Path, int | None]], dict]] = 
     "pixel coordinates": ("LBL_COORD_RANGE", label_case("0 0.5 0.5 0.2 0.2\n0 120 80 30 20\n", 2), {}),
     "box past the right edge": ("LBL_BOX_OUTSIDE", label_case("0 0.95 0.5 0.3 0.2\n", 1), {}),
     "polygon rows": ("LBL_SEGMENT", label_case("0 0.1 0.1 0.4 0.1 0.4 0.4 0.1 0.4\n", 1), {}),
-    "boxes and polygons mixed": ("LBL_MIXED_FORMATS",
-                                 label_case("0 0.5 0.5 0.2 0.2\n1 0.1 0.1 0.4 0.1 0.4 0.4\n", 2), {}),
+    "boxes and polygons mixed": (
+        "LBL_MIXED_FORMATS",
+        label_case("0 0.5 0.5 0.2 0.2\n1 0.1 0.1 0.4 0.1 0.4 0.4\n", 2),
+        {},
+    ),
     "repeated row": ("LBL_DUPLICATE_ROW", label_case("0 0.5 0.5 0.2 0.2\r\n0 0.5 0.5 0.2 0.2\r\n", 2), {}),
     "box below 2 px at imgsz": ("LBL_BOX_TINY", lbl_box_tiny, {}),
     "same photo in train and val": ("DUP_CROSS_SPLIT", dup_cross_split, {}),
     "copy inside train": ("DUP_EXACT_WITHIN", dup_exact_within, {}),
     "re-encoded copy inside train": ("DUP_NEAR_WITHIN", dup_near_within, {}),
     "recipe imgsz above native": ("IMGSZ_ABOVE_NATIVE", lambda root: (root / "data.yaml", None), {"imgsz": 640}),
-    "minority short in val": ("MINORITY_VAL_SHORTFALL", lambda root: (root / "data.yaml", None),
-                              {"minority_val_target": 18}),
+    "minority short in val": (
+        "MINORITY_VAL_SHORTFALL",
+        lambda root: (root / "data.yaml", None),
+        {"minority_val_target": 18},
+    ),
 }
 
 
@@ -420,12 +433,18 @@ def test_defect_produces_its_code_with_file_and_line(tmp_path, name, reliability
     assert checksums(root) == before, "the validator must not write inside the dataset"
     hits = [f for f in report.findings if f.code == code]
     assert hits, f"{name}: expected {code}, got {[(f.code, f.file, f.line) for f in report.findings]}"
-    assert any(f.file == str(file) and f.line == line for f in hits), \
+    assert any(f.file == str(file) and f.line == line for f in hits), (
         f"{name}: {code} at {[(f.file, f.line) for f in hits]}, expected {file}:{line}"
+    )
     assert all(f.fix and f.message for f in report.findings)
     if hits[0].severity == "error":
         assert report.errors()
-    reliability_log("bad input", "malformed datasets (catalogue: one defect each)", expected="finding with its code, file and line; dataset untouched", observed=f"{code} at {Path(file).name}:{line}")
+    reliability_log(
+        "bad input",
+        "malformed datasets (catalogue: one defect each)",
+        expected="finding with its code, file and line; dataset untouched",
+        observed=f"{code} at {Path(file).name}:{line}",
+    )
 
 
 def test_catalogue_covers_every_code():
@@ -454,7 +473,7 @@ def test_label_parser_never_crashes(tmp_path, content):
 
 
 def test_segment_labels_convert_only_into_a_copy(tmp_path):
-    from tasks.dataset_validation import convert_segment_labels
+    from phase2.dataset.validation import convert_segment_labels
 
     source = tmp_path / "poly.txt"
     source.write_text("2 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n0 0.5 0.5 0.2 0.2\n")

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from tasks.dataset_validation import (
+from phase2.dataset.validation import (
     DatasetConfigError,
     DatasetInvalid,
     ValidationReport,
@@ -31,8 +31,10 @@ SPLITS = ("train", "val", "test")
 
 def dataset_state(root: Path) -> dict[str, str]:
     """Every file (and folder) under root with its sha256: catches edits, additions, caches."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +157,9 @@ def test_resolution_matches_ultralytics(tmp_path, layout):
     noise_jpeg(root / "train" / "images" / "nested" / "deep.JPG", 50)  # recursive glob, upper-case suffix
     (root / "train" / "images" / "notes.md").write_text("not an image")
     for split in ("train", "val"):
-        (root / f"{split}.txt").write_text("\n".join(f"./{split}/images/{p.name}"
-                                                     for p in sorted((root / split / "images").glob("*.jpg"))))
+        (root / f"{split}.txt").write_text(
+            "\n".join(f"./{split}/images/{p.name}" for p in sorted((root / split / "images").glob("*.jpg")))
+        )
     meta = LAYOUTS[layout](root) | {"nc": 4, "names": ["rock_toe", "slope_drain", "toe_drain", "vegetation"]}
     (root / "data.yaml").write_text(yaml.safe_dump(meta))
     assert resolve_split_images(root / "data.yaml") == ultralytics_split_images(root / "data.yaml")
@@ -206,7 +209,7 @@ def test_find_duplicate_groups_exact_near_and_threshold(tmp_path):
 
 
 def test_cli_exit_codes_and_json(tmp_path, real_dataset):
-    from tasks.cli import app
+    from phase2.cli import app
 
     runner = CliRunner()
     clean = make_dataset(tmp_path / "ds")
@@ -225,7 +228,7 @@ def test_batched_phash_is_imagehash_phash(real_dataset):
     import imagehash
     import numpy as np
 
-    from tasks.dataset_validation import PHASH_SIDE, _phash_batch
+    from phase2.dataset.validation import PHASH_SIDE, _phash_batch
 
     images = sorted((real_dataset / "train" / "images").iterdir())[:40]
     thumbs, expected = [], []
@@ -242,14 +245,18 @@ def test_phash_of_any_size_is_lanczos_then_dct():
     import numpy as np
     from scipy.fftpack import dct
 
-    from tasks.dataset_validation import PHASH_SIDE, _phash_batch
+    from phase2.dataset.validation import PHASH_SIDE, _phash_batch
 
     rng = np.random.default_rng(0)
     greys = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in [(56, 56), (39, 41), (56, 56), (32, 32)]]
     expected = []
     for grey in greys:
-        thumb = np.asarray(Image.fromarray(grey.astype(np.float32), mode="F").resize(
-            (PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS), dtype=np.float64)
+        thumb = np.asarray(
+            Image.fromarray(grey.astype(np.float32), mode="F").resize(
+                (PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS
+            ),
+            dtype=np.float64,
+        )
         low = dct(dct(thumb, axis=0), axis=1)[:8, :8].ravel()
         expected.append(int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big"))
     assert _phash_batch(greys) == expected
@@ -261,17 +268,18 @@ def test_perceptual_hash_matches_imagehash_on_real_images(real_dataset):
     import imagehash
     import numpy as np
 
-    from tasks.dataset_validation import _decode, _phash_batch
+    from phase2.dataset.validation import _decode, _phash_batch
 
     images = sorted((real_dataset / "train" / "images").iterdir())[:60]
     codes = _phash_batch([_decode(p.read_bytes())[1] for p in images])
-    distance = np.array([bin(code ^ int(str(imagehash.phash(Image.open(p))), 16)).count("1")
-                         for code, p in zip(codes, images)])
+    distance = np.array(
+        [bin(code ^ int(str(imagehash.phash(Image.open(p))), 16)).count("1") for code, p in zip(codes, images)]
+    )
     assert distance.max() <= 4 and distance.mean() < 1.5, distance
 
 
 def test_jpeg_fast_header_agrees_with_pil(real_dataset):
-    from tasks.dataset_validation import _plain_jpeg_header
+    from phase2.dataset.validation import _plain_jpeg_header
 
     for path in sorted((real_dataset / "val" / "images").iterdir()):
         with Image.open(path) as im:
@@ -292,4 +300,3 @@ def test_decode_cache_is_keyed_by_content(tmp_path):
     image.write_bytes(image.read_bytes()[:400])  # new content: decoded afresh, not served from the cache
     changed = validate_dataset(root / "data.yaml", imgsz=64, minority_val_target=0, cache_dir=cache)
     assert [(f.code, f.file) for f in changed.errors()] == [("IMG_CORRUPT", str(image))]
-

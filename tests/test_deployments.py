@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tasks.settings import PROJECT_ROOT
+from phase2.infra.settings import PROJECT_ROOT
 
 TEMPLATES = PROJECT_ROOT / "deployments"
 POOL_TYPES = {"process.json": "process", "docker.json": "docker", "kubernetes.json": "kubernetes"}
@@ -35,9 +35,12 @@ def render(configuration_cls, name: str, values: dict, pool_type: str):
     async def go():
         async with get_client() as client:
             config = await configuration_cls.from_template_and_values(template(name), values, client=client)
-        config.prepare_for_flow_run(flow_run(), flow=Flow(id=uuid.uuid4(), name="phase2"),
-                                    work_pool=WorkPool(name=f"phase2-{pool_type}", type=pool_type),
-                                    worker_name="worker-1")
+        config.prepare_for_flow_run(
+            flow_run(),
+            flow=Flow(id=uuid.uuid4(), name="phase2"),
+            work_pool=WorkPool(name=f"phase2-{pool_type}", type=pool_type),
+            worker_name="worker-1",
+        )
         return config
 
     return asyncio.run(go())
@@ -49,10 +52,14 @@ def credential_blocks(local_stack):
     from prefect.blocks.system import Secret
     from prefect_aws import AwsCredentials
 
-    values = {"AWS_ACCESS_KEY_ID": "AKIA-test-id", "AWS_SECRET_ACCESS_KEY": "test-secret-key",
-              "WANDB_API_KEY": "wandb-test-key"}
-    AwsCredentials(aws_access_key_id=values["AWS_ACCESS_KEY_ID"],
-                   aws_secret_access_key=values["AWS_SECRET_ACCESS_KEY"]).save("phase2-s3", overwrite=True)
+    values = {
+        "AWS_ACCESS_KEY_ID": "AKIA-test-id",
+        "AWS_SECRET_ACCESS_KEY": "test-secret-key",
+        "WANDB_API_KEY": "wandb-test-key",
+    }
+    AwsCredentials(
+        aws_access_key_id=values["AWS_ACCESS_KEY_ID"], aws_secret_access_key=values["AWS_SECRET_ACCESS_KEY"]
+    ).save("phase2-s3", overwrite=True)
     Secret(value=values["WANDB_API_KEY"]).save("phase2-wandb-api-key", overwrite=True)
     return values
 
@@ -64,8 +71,9 @@ def test_server_accepts_template_as_pool(local_stack, name):
 
     pool = f"tmpl-{POOL_TYPES[name]}-{uuid.uuid4().hex[:6]}"
     with get_client(sync_client=True) as client:
-        created = client.create_work_pool(WorkPoolCreate(name=pool, type=POOL_TYPES[name],
-                                                         base_job_template=template(name)))
+        created = client.create_work_pool(
+            WorkPoolCreate(name=pool, type=POOL_TYPES[name], base_job_template=template(name))
+        )
         try:
             assert created.base_job_template == template(name)
         finally:
@@ -79,17 +87,21 @@ def test_server_rejects_template_with_undeclared_variable(local_stack):
     broken = template("kubernetes.json")
     del broken["variables"]["properties"]["gpu_count"]
     with get_client(sync_client=True) as client, pytest.raises(Exception, match="gpu_count"):
-        client.create_work_pool(WorkPoolCreate(name=f"tmpl-bad-{uuid.uuid4().hex[:6]}", type="kubernetes",
-                                               base_job_template=broken))
+        client.create_work_pool(
+            WorkPoolCreate(name=f"tmpl-bad-{uuid.uuid4().hex[:6]}", type="kubernetes", base_job_template=broken)
+        )
 
 
 def test_docker_template_renders_gpus_image_and_block_credentials(credential_blocks):
     from docker.types import HostConfig
     from prefect_docker.worker import DockerWorkerJobConfiguration
 
-    config = render(DockerWorkerJobConfiguration, "docker.json",
-                    {"image": "registry.example/phase2:1.2.3", "gpu_count": 2, "env": {"PHASE2_S3_BUCKET": "b"}},
-                    "docker")
+    config = render(
+        DockerWorkerJobConfiguration,
+        "docker.json",
+        {"image": "registry.example/phase2:1.2.3", "gpu_count": 2, "env": {"PHASE2_S3_BUCKET": "b"}},
+        "docker",
+    )
     assert config.image == "registry.example/phase2:1.2.3"
     for key, value in credential_blocks.items():  # resolved from the blocks, not written in the template
         assert config.env[key] == value
@@ -101,7 +113,7 @@ def test_docker_template_renders_gpus_image_and_block_credentials(credential_blo
     # docker-py builds the engine's HostConfig from these (no engine needed).
     host = HostConfig(version="1.43", **kwargs)
     assert host["DeviceRequests"][0]["Count"] == 2 and host["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
-    assert host["ShmSize"] == 8 * 1024 ** 3
+    assert host["ShmSize"] == 8 * 1024**3
     all_gpus = render(DockerWorkerJobConfiguration, "docker.json", {}, "docker")
     assert all_gpus.container_create_kwargs["device_requests"][0]["count"] == -1
 
@@ -109,9 +121,17 @@ def test_docker_template_renders_gpus_image_and_block_credentials(credential_blo
 def test_kubernetes_template_renders_gpu_requests_image_and_secret_env(local_stack):
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
-    config = render(KubernetesWorkerJobConfiguration, "kubernetes.json",
-                    {"image": "registry.example/phase2:1.2.3", "gpu_count": 2, "secret_name": "team-creds",
-                     "env": {"PHASE2_S3_BUCKET": "b"}}, "kubernetes")
+    config = render(
+        KubernetesWorkerJobConfiguration,
+        "kubernetes.json",
+        {
+            "image": "registry.example/phase2:1.2.3",
+            "gpu_count": 2,
+            "secret_name": "team-creds",
+            "env": {"PHASE2_S3_BUCKET": "b"},
+        },
+        "kubernetes",
+    )
     manifest = config.job_manifest
     pod = manifest["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -137,5 +157,7 @@ def test_kubernetes_template_renders_gpu_requests_image_and_secret_env(local_sta
             return api._ApiClient__deserialize(manifest, "V1Job")
 
     job = asyncio.run(as_v1_job())
-    assert job.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "2"  # quantities are strings there
+    assert (
+        job.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "2"
+    )  # quantities are strings there
     assert job.spec.template.spec.containers[0].env_from[0].secret_ref.name == "team-creds"

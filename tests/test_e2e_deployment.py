@@ -12,15 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.hashing import sha256_file
-from tasks.registry import Registry
-from tasks.storage import ObjectStore
-from tasks.services import resolve_s3_settings
-from tasks.tracking import offline_history
+from phase2.infra.files import sha256_file
+from phase2.infra.seaweedfs import resolve_s3_settings
+from phase2.infra.tracking import offline_history
+from phase2.registry.registry import Registry
+from phase2.registry.storage import ObjectStore
 from tests.plugins.data import TINY_RECIPE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-
 
 
 def deployment_run(env: dict[str, str], params: dict[str, str], timeout: int = 800) -> tuple[int, str, str]:
@@ -39,7 +38,8 @@ def test_deployment_run_end_to_end(local_stack, small_real_dataset, tmp_path):
     recipe_file.write_text(yaml.safe_dump(TINY_RECIPE))
     env = local_stack.env()
     code, flow_run_id, output = deployment_run(
-        env, {"data": str(small_real_dataset), "baseline": "yolo11n.yaml", "recipe_name": str(recipe_file)})
+        env, {"data": str(small_real_dataset), "baseline": "yolo11n.yaml", "recipe_name": str(recipe_file)}
+    )
     assert code == 0, output[-4000:]
 
     from prefect.client.orchestration import get_client
@@ -50,8 +50,14 @@ def test_deployment_run_end_to_end(local_stack, small_real_dataset, tmp_path):
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     assert flow_run.state.is_completed()
     names = {t.name.rsplit("-", 1)[0] for t in task_runs}
-    assert {"validate_dataset", "rebalance_validation", "fine_tune", "select_checkpoint",
-            "register_model", "promote_model"} <= names
+    assert {
+        "validate_dataset",
+        "rebalance_validation",
+        "fine_tune",
+        "select_checkpoint",
+        "register_model",
+        "promote_model",
+    } <= names
     assert all(t.state.is_completed() for t in task_runs), [(t.name, t.state.type) for t in task_runs]
 
     summary = yaml.safe_load((local_stack.state / "pipeline" / "flow-runs" / f"{flow_run_id}.json").read_text())

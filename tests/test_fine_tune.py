@@ -18,24 +18,34 @@ from pathlib import Path
 
 import pytest
 
-from tasks.fine_tune import (
+from phase2.infra.files import sha256_file
+from phase2.infra.tracking import Tracker, offline_history
+from phase2.training.fine_tune import (
     ResumeError,
-    _CheckpointUploader,
     TrainingFailed,
+    _CheckpointUploader,
     checkpoint_is_complete,
     checkpoint_state,
     fine_tune,
     read_results,
 )
-from tasks.hashing import sha256_file
-from tasks.tracking import Tracker, offline_history
 from tests.plugins.data import copy_subset
 
 EPOCHS = 2
 TRAIN_ARGS = {
-    "epochs": EPOCHS, "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu", "plots": False,
-    "seed": 0, "deterministic": True, "patience": 50, "save_period": -1, "optimizer": "AdamW",
-    "lr0": 0.001, "warmup_epochs": 0,
+    "epochs": EPOCHS,
+    "imgsz": 64,
+    "batch": 4,
+    "workers": 0,
+    "device": "cpu",
+    "plots": False,
+    "seed": 0,
+    "deterministic": True,
+    "patience": 50,
+    "save_period": -1,
+    "optimizer": "AdamW",
+    "lr0": 0.001,
+    "warmup_epochs": 0,
 }
 
 
@@ -49,7 +59,7 @@ def run_id() -> str:
 
 
 def child_pid(spec_file: Path, timeout: float = 120) -> int:
-    """The pid of `python -m tasks.fine_tune SPEC`, found in /proc like an operator would."""
+    """The pid of `python -m phase2.training.fine_tune SPEC`, found in /proc like an operator would."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for proc in Path("/proc").iterdir():
@@ -59,7 +69,7 @@ def child_pid(spec_file: Path, timeout: float = 120) -> int:
                 cmdline = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"tasks.fine_tune" in cmdline and str(spec_file).encode() in cmdline:
+            if b"phase2.training.fine_tune" in cmdline and str(spec_file).encode() in cmdline:
                 return int(proc.name)
         time.sleep(0.05)
     raise AssertionError(f"no training child for {spec_file}")
@@ -74,8 +84,10 @@ def kill_during_epoch_2(save_dir: Path, future: Future, store=None, run_prefix: 
     pid = child_pid(save_dir.parent / f"{save_dir.name}.spec.json")
     weights = save_dir / "weights"
     deadline = time.monotonic() + 300
-    while not (len(read_results(save_dir / "results.csv")) >= 1
-               and all(checkpoint_is_complete(weights / n) for n in ("last.pt", "best.pt"))):
+    while not (
+        len(read_results(save_dir / "results.csv")) >= 1
+        and all(checkpoint_is_complete(weights / n) for n in ("last.pt", "best.pt"))
+    ):
         assert not future.done(), "training ended before epoch 1 was saved"
         assert time.monotonic() < deadline, "epoch 1 never finished"
         time.sleep(0.02)
@@ -100,9 +112,17 @@ def test_two_epochs_stream_to_wandb_and_checkpoints_to_s3(data_yaml, tmp_path, o
     tracker = Tracker(run_id(), config={"train": TRAIN_ARGS})
     seen: list[str] = []
     try:
-        result = fine_tune(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS,
-                           save_dir=tmp_path / "train", store=object_store, run_prefix="runs/r1/train",
-                           tracker=tracker, poll_s=0.2, on_epoch=lambda row: seen.append(row["epoch"]))
+        result = fine_tune(
+            weights="yolo11n.yaml",
+            data_yaml=data_yaml,
+            train_args=TRAIN_ARGS,
+            save_dir=tmp_path / "train",
+            store=object_store,
+            run_prefix="runs/r1/train",
+            tracker=tracker,
+            poll_s=0.2,
+            on_epoch=lambda row: seen.append(row["epoch"]),
+        )
     finally:
         tracker.finish()
 
@@ -116,8 +136,10 @@ def test_two_epochs_stream_to_wandb_and_checkpoints_to_s3(data_yaml, tmp_path, o
     assert (result.epochs_planned, result.epochs_completed, result.epochs_trained_this_attempt) == (2, 2, 2)
     assert result.resumed_from_epoch is None and result.wandb_run_path == tracker.run_path
 
-    for name, local, digest in (("last.pt", result.last, result.last_sha256),
-                                ("best.pt", result.best, result.best_sha256)):
+    for name, local, digest in (
+        ("last.pt", result.last, result.last_sha256),
+        ("best.pt", result.best, result.best_sha256),
+    ):
         key = f"runs/r1/train/weights/{name}"
         assert digest == sha256_file(local)
         assert object_store.head(key)["sha256"] == digest
@@ -131,16 +153,28 @@ def test_two_epochs_stream_to_wandb_and_checkpoints_to_s3(data_yaml, tmp_path, o
     assert f"torch threads: {os.cpu_count()}" in (tmp_path / "train.log").read_text()
 
     # A finished run is returned as is, without training again.
-    again = fine_tune(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS,
-                      save_dir=tmp_path / "train", store=object_store, run_prefix="runs/r1/train")
+    again = fine_tune(
+        weights="yolo11n.yaml",
+        data_yaml=data_yaml,
+        train_args=TRAIN_ARGS,
+        save_dir=tmp_path / "train",
+        store=object_store,
+        run_prefix="runs/r1/train",
+    )
     assert again.last_sha256 == result.last_sha256
 
 
 @pytest.mark.slow
 def test_kill_9_in_epoch_2_then_retry_trains_only_the_missing_epoch(data_yaml, tmp_path, object_store, reliability_log):
     save_dir, prefix, wandb_id = tmp_path / "train", "runs/r2/train", run_id()
-    common = dict(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS, save_dir=save_dir,
-                  store=object_store, run_prefix=prefix)
+    common = dict(
+        weights="yolo11n.yaml",
+        data_yaml=data_yaml,
+        train_args=TRAIN_ARGS,
+        save_dir=save_dir,
+        store=object_store,
+        run_prefix=prefix,
+    )
     first = Tracker(wandb_id)
     with ThreadPoolExecutor(1) as pool:
         kill_during_epoch_2(save_dir, start(pool, tracker=first, **common))
@@ -166,14 +200,25 @@ def test_kill_9_in_epoch_2_then_retry_trains_only_the_missing_epoch(data_yaml, t
     assert sorted(r["epoch"] for r in offline_history(first.run_dir) + offline_history(retry.run_dir)) == [1, 2]
     for name, digest in (("last.pt", result.last_sha256), ("best.pt", result.best_sha256)):
         assert object_store.head(f"{prefix}/weights/{name}")["sha256"] == digest
-    reliability_log("fault", "kill -9 of the training child mid-epoch", expected="retry resumes from the last complete epoch; finished epochs not redone", observed="epoch 1 kept, only epoch 2 trained again; W&B history [1, 2]")
+    reliability_log(
+        "fault",
+        "kill -9 of the training child mid-epoch",
+        expected="retry resumes from the last complete epoch; finished epochs not redone",
+        observed="epoch 1 kept, only epoch 2 trained again; W&B history [1, 2]",
+    )
 
 
 @pytest.mark.slow
 def test_fresh_worker_resumes_from_s3(data_yaml, tmp_path, object_store):
     save_dir, prefix = tmp_path / "train", "runs/r3/train"
-    common = dict(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS, save_dir=save_dir,
-                  store=object_store, run_prefix=prefix)
+    common = dict(
+        weights="yolo11n.yaml",
+        data_yaml=data_yaml,
+        train_args=TRAIN_ARGS,
+        save_dir=save_dir,
+        store=object_store,
+        run_prefix=prefix,
+    )
     with ThreadPoolExecutor(1) as pool:
         kill_during_epoch_2(save_dir, start(pool, **common), object_store, prefix)
     epoch_1_row = (save_dir / "results.csv").read_text().splitlines()[1]
@@ -203,8 +248,13 @@ def test_row_appended_before_last_pt_is_not_duplicated(data_yaml, tmp_path):
     """Ultralytics appends results.csv, then writes last.pt: a kill between leaves epoch k+1's
     row next to epoch k's checkpoint. The resumed run must contain each epoch exactly once."""
     save_dir = tmp_path / "train"
-    common = dict(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS, save_dir=save_dir,
-                  run_prefix="runs/r5/train")
+    common = dict(
+        weights="yolo11n.yaml",
+        data_yaml=data_yaml,
+        train_args=TRAIN_ARGS,
+        save_dir=save_dir,
+        run_prefix="runs/r5/train",
+    )
     with ThreadPoolExecutor(1) as pool:
         kill_during_epoch_2(save_dir, start(pool, **common))
     results_csv = save_dir / "results.csv"
@@ -220,8 +270,9 @@ def test_row_appended_before_last_pt_is_not_duplicated(data_yaml, tmp_path):
 
 def test_torn_last_pt_is_recovered_from_s3_else_refused(data_yaml, tmp_path, object_store):
     save_dir, prefix = tmp_path / "train", "runs/r6/train"
-    common = dict(weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS, save_dir=save_dir,
-                  run_prefix=prefix)
+    common = dict(
+        weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS, save_dir=save_dir, run_prefix=prefix
+    )
     with ThreadPoolExecutor(1) as pool:
         kill_during_epoch_2(save_dir, start(pool, store=object_store, **common), object_store, prefix)
     last = save_dir / "weights" / "last.pt"

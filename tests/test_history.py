@@ -10,13 +10,25 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tasks.selection import summarize_history, ultralytics_fitness_formula, ultralytics_fitness_weights
+from phase2.evaluation.selection import summarize_history, ultralytics_fitness_formula, ultralytics_fitness_weights
 
 # Ultralytics' header; older versions pad names with spaces, which the parser must strip.
 HEADER = [
-    "epoch", "time", "train/box_loss", "train/cls_loss", "train/dfl_loss",
-    "metrics/precision(B)", "metrics/recall(B)", "metrics/mAP50(B)", "metrics/mAP50-95(B)",
-    "val/box_loss", "val/cls_loss", "val/dfl_loss", "lr/pg0", "lr/pg1", "lr/pg2",
+    "epoch",
+    "time",
+    "train/box_loss",
+    "train/cls_loss",
+    "train/dfl_loss",
+    "metrics/precision(B)",
+    "metrics/recall(B)",
+    "metrics/mAP50(B)",
+    "metrics/mAP50-95(B)",
+    "val/box_loss",
+    "val/cls_loss",
+    "val/dfl_loss",
+    "lr/pg0",
+    "lr/pg1",
+    "lr/pg2",
 ]
 
 
@@ -148,7 +160,7 @@ def test_fitness_formula_read_from_installed_ultralytics():
 
 
 def test_cli_history_markdown_and_json(guide_run):
-    from tasks.cli import app
+    from phase2.cli import app
 
     _, results_csv = guide_run
     runner = CliRunner()

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.hashing import sha256_file
-from tasks.registry import PromotionConflict, PromotionRule, Registry, decide_promotion
-from tasks.settings import S3Settings
-from tasks.storage import ObjectStore
+from phase2.infra.files import sha256_file
+from phase2.infra.settings import S3Settings
+from phase2.registry.registry import PromotionConflict, PromotionRule, Registry, decide_promotion
+from phase2.registry.storage import ObjectStore
 
 WRITERS = 8
 RULE = PromotionRule(metric="mAP50-95", max_drop=0.0, absolute_min={"mAP50-95": 0.0})
@@ -34,13 +34,18 @@ def _register_and_promote(args: tuple[dict, dict[str, str], float, float]) -> tu
     registry = Registry(ObjectStore(S3Settings.model_validate(settings)), "load-model")
     metrics = {"overall": {"mAP50-95": score, "mAP50": score}, "per_class": {}}
     time.sleep(max(0.0, start_at - time.time()))  # all writers hit the bucket together
-    version = registry.register({k: Path(v) for k, v in files.items()},
-                                {"metrics": {"val": metrics}, "flow_run_id": f"load-{score}"})
+    version = registry.register(
+        {k: Path(v) for k, v in files.items()}, {"metrics": {"val": metrics}, "flow_run_id": f"load-{score}"}
+    )
     for attempt in range(1, 65):
         aliases = registry.aliases()
         production = registry.get("production") if "production" in aliases else None
-        decision = decide_promotion(metrics, production.metrics["val"] if production else None, RULE,
-                                    production_version=production.version if production else None)
+        decision = decide_promotion(
+            metrics,
+            production.metrics["val"] if production else None,
+            RULE,
+            production_version=production.version if production else None,
+        )
         try:
             registry.apply_promotion(decision, version.version)
             return version.version, attempt
@@ -63,14 +68,21 @@ def test_eight_concurrent_registrations_and_promotions(object_store, tmp_path, r
     for i, score in enumerate(scores):
         folder = tmp_path / f"run{i}"
         folder.mkdir()
-        files = {"weights/best.pt": _tiny_checkpoint(folder / "best.pt", i),
-                 "results.csv": folder / "results.csv"}
+        files = {"weights/best.pt": _tiny_checkpoint(folder / "best.pt", i), "results.csv": folder / "results.csv"}
         files["results.csv"].write_text(f"epoch,metrics/mAP50-95(B)\n1,{score}\n")
         local[score] = {rel: sha256_file(p) for rel, p in files.items()}
-        jobs.append((object_store.settings.model_dump(mode="json") | {
-            "access_key_id": object_store.settings.access_key_id.get_secret_value(),
-            "secret_access_key": object_store.settings.secret_access_key.get_secret_value()},
-            {k: str(v) for k, v in files.items()}, score, time.time() + 6))
+        jobs.append(
+            (
+                object_store.settings.model_dump(mode="json")
+                | {
+                    "access_key_id": object_store.settings.access_key_id.get_secret_value(),
+                    "secret_access_key": object_store.settings.secret_access_key.get_secret_value(),
+                },
+                {k: str(v) for k, v in files.items()},
+                score,
+                time.time() + 6,
+            )
+        )
     with multiprocessing.get_context("spawn").Pool(WRITERS) as pool:
         outcomes = pool.map(_register_and_promote, jobs, chunksize=1)
 
@@ -90,33 +102,48 @@ def test_eight_concurrent_registrations_and_promotions(object_store, tmp_path, r
     claims = {k.split("/")[3] for k in object_store.list("models/load-model/versions/")}
     assert claims == {f"v{n}" for n in numbers}, "no orphaned claim without a manifest"
     conflicts = sum(attempts - 1 for _, attempts in outcomes)
-    reliability_log("load", f"{WRITERS} concurrent register + promote (8 processes, one bucket, one registry)",
-                    tried=WRITERS, expected="8 distinct complete versions, every file's sha256 matches, "
-                    "production = best candidate, no lost alias update",
-                    observed=f"versions {sorted(numbers)}; {WRITERS * 2} files verified; production "
-                             f"v{aliases['production']} (best); {conflicts} promotion conflicts re-decided")
+    reliability_log(
+        "load",
+        f"{WRITERS} concurrent register + promote (8 processes, one bucket, one registry)",
+        tried=WRITERS,
+        expected="8 distinct complete versions, every file's sha256 matches, "
+        "production = best candidate, no lost alias update",
+        observed=f"versions {sorted(numbers)}; {WRITERS * 2} files verified; production "
+        f"v{aliases['production']} (best); {conflicts} promotion conflicts re-decided",
+    )
 
 
 @pytest.mark.slow
 def test_eight_concurrent_flows_on_one_registry(seaweedfs, small_real_dataset, tmp_path, reliability_log):
     """8 whole phase2 flows at once (own process and state dir each, tiny data, 1 epoch) against one
     Prefect server, one SeaweedFS bucket and one registry."""
-    from tasks.prefect_stack import PrefectServer, free_port
+    from phase2.infra.prefect_stack import PrefectServer, free_port
     from tests.test_security import flow_env, start_flow, tiny_recipe_file
 
     bucket = f"load-{uuid.uuid4().hex[:8]}"
     s3_env = {**seaweedfs.env(), "PHASE2_S3_BUCKET": bucket}
-    store = ObjectStore(S3Settings(endpoint_url=s3_env["PHASE2_S3_ENDPOINT"], bucket=bucket,
-                                   access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-                                   secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"]))
+    store = ObjectStore(
+        S3Settings(
+            endpoint_url=s3_env["PHASE2_S3_ENDPOINT"],
+            bucket=bucket,
+            access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+            secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+        )
+    )
     store.ensure_bucket()
     recipe = tiny_recipe_file(tmp_path, epochs=1, save_period=-1)
     server = PrefectServer(tmp_path / "server", port=free_port(), ui=False).start()
     try:
         flows = [
-            start_flow(tmp_path / f"state{i}", flow_env(tmp_path / f"state{i}", server.api_url, s3_env),
-                       data=str(small_real_dataset), baseline="yolo11n.yaml", recipe_name=str(recipe),
-                       model_name="load-flows", run_name=f"load-{i}")
+            start_flow(
+                tmp_path / f"state{i}",
+                flow_env(tmp_path / f"state{i}", server.api_url, s3_env),
+                data=str(small_real_dataset),
+                baseline="yolo11n.yaml",
+                recipe_name=str(recipe),
+                model_name="load-flows",
+                run_name=f"load-{i}",
+            )
             for i in range(WRITERS)
         ]
         results = [flow.wait(timeout=1500) for flow in flows]
@@ -137,8 +164,10 @@ def test_eight_concurrent_flows_on_one_registry(seaweedfs, small_real_dataset, t
     aliases = registry.aliases()
     assert aliases["candidate"] in {v.version for v in versions}
     assert "production" not in aliases or aliases["production"] in {v.version for v in versions}
-    reliability_log("load", "8 concurrent whole phase2 flows (tiny data, 1 epoch), one SeaweedFS and registry",
-                    tried=WRITERS, expected="8 distinct complete versions, aliases on complete versions, "
-                    "every file's sha256 matches its manifest",
-                    observed=f"versions {sorted(v.version for v in versions)}; {checked} files verified; "
-                    f"aliases {aliases}")
+    reliability_log(
+        "load",
+        "8 concurrent whole phase2 flows (tiny data, 1 epoch), one SeaweedFS and registry",
+        tried=WRITERS,
+        expected="8 distinct complete versions, aliases on complete versions, every file's sha256 matches its manifest",
+        observed=f"versions {sorted(v.version for v in versions)}; {checked} files verified; aliases {aliases}",
+    )

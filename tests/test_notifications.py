@@ -7,14 +7,16 @@ import logging
 from types import SimpleNamespace
 from uuid import uuid4
 
-from tasks import notifications
-from tasks.notifications import Notification, flow_run_hook, send, webhook_url
+from phase2.infra import notifications
+from phase2.infra.notifications import Notification, flow_run_hook, send, webhook_url
 
 
 def _state(kind: str, message: str = "", result=None):
     return SimpleNamespace(
-        type=SimpleNamespace(value=kind.upper()), message=message,
-        is_completed=lambda: kind == "completed", is_crashed=lambda: kind == "crashed",
+        type=SimpleNamespace(value=kind.upper()),
+        message=message,
+        is_completed=lambda: kind == "completed",
+        is_crashed=lambda: kind == "crashed",
         result=lambda raise_on_failure=False: result,
     )
 
@@ -28,8 +30,9 @@ def test_messages_are_json_and_never_carry_secrets(webhook_receiver, monkeypatch
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     monkeypatch.setenv("WANDB_API_KEY", "wandb-key-abcdef")
     monkeypatch.setenv(notifications.WEBHOOK_ENV, webhook_receiver.url)
-    state = _state("failed", f"S3 refused key {secret} at http://user:pa55word@s3.example/bucket; "
-                             "W&B key wandb-key-abcdef")
+    state = _state(
+        "failed", f"S3 refused key {secret} at http://user:pa55word@s3.example/bucket; W&B key wandb-key-abcdef"
+    )
     flow_run_hook(None, _flow_run(data="/d/data.yaml", model_name="m", recipe={"x": 1}), state)
     message = webhook_receiver.wait_for("failed")
     raw = webhook_receiver.raw[-1].decode()
@@ -50,7 +53,7 @@ def test_completion_notifies_only_a_promotion(webhook_receiver, monkeypatch):
 
 
 def test_unreachable_webhook_is_logged_not_raised(monkeypatch, caplog):
-    from tasks.prefect_stack import free_port
+    from phase2.infra.prefect_stack import free_port
 
     url = f"http://127.0.0.1:{free_port()}/hook?token=tok-123456"
     with caplog.at_level(logging.WARNING, logger="phase2.notifications"):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tasks.rebalance import (
+from phase2.dataset.rebalance import (
     DatasetError,
     RebalanceImpossible,
     group_images,
@@ -76,10 +76,21 @@ def small_dataset():
         "test": [img("test", n) for n in ("t8", "t9", "r9")],
     }
     per_image = {
-        "t1": counts(0, 0, 1), "t1_dup1": counts(0, 0, 1), "t1_dup2": counts(0, 0, 1),
-        "t2": counts(0, 0, 2), "t3": counts(1, 0, 1), "r1": counts(2), "r2": counts(1),
-        "r3": counts(1), "s1": counts(0, 3), "s2": counts(0, 1), "v1": counts(0, 0, 0, 2),
-        "v2": counts(0, 0, 0, 1), "t8": counts(0, 0, 1), "t9": counts(0, 0, 4), "r9": counts(1),
+        "t1": counts(0, 0, 1),
+        "t1_dup1": counts(0, 0, 1),
+        "t1_dup2": counts(0, 0, 1),
+        "t2": counts(0, 0, 2),
+        "t3": counts(1, 0, 1),
+        "r1": counts(2),
+        "r2": counts(1),
+        "r3": counts(1),
+        "s1": counts(0, 3),
+        "s2": counts(0, 1),
+        "v1": counts(0, 0, 0, 2),
+        "v2": counts(0, 0, 0, 1),
+        "t8": counts(0, 0, 1),
+        "t9": counts(0, 0, 4),
+        "r9": counts(1),
     }
     instance_counts = {p: per_image[p.stem] for paths in images.values() for p in paths}
     return images, instance_counts
@@ -90,7 +101,9 @@ def test_leak_is_repaired_to_train_by_default_and_reported():
     plan = plan_rebalance(images, instance_counts, NAMES, {}, [])
     assert [leak.kept_split for leak in plan.repaired_leaks] == ["train"]
     assert {m.image for m in plan.repaired_leaks[0].members} == {
-        str(img("train", "t1")), str(img("train", "t1_dup1")), str(img("val", "t1_dup2"))
+        str(img("train", "t1")),
+        str(img("train", "t1_dup1")),
+        str(img("val", "t1_dup2")),
     }
     assert img("val", "t1_dup2") in plan.splits_after["train"]
     assert plan.counts_after.instances["val"]["toe_drain"] == 0
@@ -121,9 +134,10 @@ def test_refusal_names_class_target_and_maximum():
     with pytest.raises(RebalanceImpossible, match=r"toe_drain: target 6, .* at most 5 reachable") as err:
         plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 6}, [])
     assert err.value.reachable == {"toe_drain": 5}
-    assert plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 5}, []).counts_after.instances["val"][
-        "toe_drain"
-    ] == 5
+    assert (
+        plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 5}, []).counts_after.instances["val"]["toe_drain"]
+        == 5
+    )
     # moving test groups is allowed when asked: t9 holds 4 more, t8 keeps toe_drain in test
     plan = plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 9}, [], move_test=True)
     assert plan.counts_after.instances["val"]["toe_drain"] >= 9
@@ -136,9 +150,12 @@ def test_selection_prefers_groups_that_keep_other_shares():
         "val": [img("val", "r"), img("val", "s")],
     }
     instance_counts = {
-        img("train", "pure"): counts(0, 0, 1), img("train", "mixed"): counts(5, 0, 1),
-        img("train", "keep"): counts(0, 0, 1), img("train", "rock"): counts(3, 2),
-        img("val", "r"): counts(1), img("val", "s"): counts(0, 1),
+        img("train", "pure"): counts(0, 0, 1),
+        img("train", "mixed"): counts(5, 0, 1),
+        img("train", "keep"): counts(0, 0, 1),
+        img("train", "rock"): counts(3, 2),
+        img("val", "r"): counts(1),
+        img("val", "s"): counts(0, 1),
     }
     for seed in range(5):
         plan = plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 1}, [], seed=seed)
@@ -151,8 +168,11 @@ def test_selection_moves_copies_of_one_photo_last():
         "val": [img("val", "r")],
     }
     instance_counts = {
-        img("train", "copy"): counts(0, 0, 1), img("train", "copy_dup1"): counts(0, 0, 1),
-        img("train", "single"): counts(2, 0, 1), img("train", "rest"): counts(3, 2, 1), img("val", "r"): counts(1),
+        img("train", "copy"): counts(0, 0, 1),
+        img("train", "copy_dup1"): counts(0, 0, 1),
+        img("train", "single"): counts(2, 0, 1),
+        img("train", "rest"): counts(3, 2, 1),
+        img("val", "r"): counts(1),
     }
     plan = plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 1}, [])
     assert [g.images for g in plan.moved_groups] == [[str(img("train", "single"))]]
@@ -218,7 +238,7 @@ def test_plan_properties(data, seed):
         assert all(f"{c}" in str(refusal) for c in failing)
         if len(targets) == 1:
             # the reported maximum is honest: asking for exactly it succeeds
-            (cls, reached), = failing.items()
+            ((cls, reached),) = failing.items()
             plan = plan_rebalance(images, instance_counts, NAMES, {cls: reached}, duplicates, seed=seed)
             assert plan.counts_after.instances["val"][cls] >= reached
         return
@@ -233,7 +253,9 @@ def test_plan_properties(data, seed):
         if plan.counts_before.instances["train"][cls] and plan.moved_groups:
             # selection never empties a class in train (leak repair only adds to train)
             assert plan.counts_after.instances["train"][cls] >= 1
-    assert {p for g in plan.moved_groups for p in g.images} <= {str(p) for p in images["train"] + images["val"] + images["test"]}
+    assert {p for g in plan.moved_groups for p in g.images} <= {
+        str(p) for p in images["train"] + images["val"] + images["test"]
+    }
     assert all(g.from_split == "train" for g in plan.moved_groups)  # test left alone
     assert plan == plan_rebalance(images, instance_counts, NAMES, targets, duplicates, seed=seed)
 
@@ -269,9 +291,9 @@ def write_dataset(root: Path, images: dict[str, list[Path]], instance_counts: di
             image.parent.mkdir(parents=True, exist_ok=True)
             label.parent.mkdir(parents=True, exist_ok=True)
             image.write_bytes(f"placeholder {path}".encode())
-            label.write_text("".join(
-                f"{cls} 0.5 0.5 0.1 0.1\n" for cls, n in enumerate(instance_counts[path]) for _ in range(n)
-            ))
+            label.write_text(
+                "".join(f"{cls} 0.5 0.5 0.1 0.1\n" for cls, n in enumerate(instance_counts[path]) for _ in range(n))
+            )
     data_yaml = root / "data.yaml"
     splits = "".join(f"{s}: ./{s}/images\n" for s in ("train", "val", "test") if images.get(s))
     data_yaml.write_text(f"{splits}nc: 4\nnames: {NAMES}\n")
@@ -279,13 +301,15 @@ def write_dataset(root: Path, images: dict[str, list[Path]], instance_counts: di
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    from tasks.hashing import sha256_file
+    from phase2.infra.files import sha256_file
 
     return {str(p.relative_to(root)): sha256_file(p) if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
 
 
 def read_lists(out: Path) -> dict[str, list[str]]:
-    return {s: (out / f"{s}.txt").read_text().splitlines() for s in ("train", "val", "test") if (out / f"{s}.txt").exists()}
+    return {
+        s: (out / f"{s}.txt").read_text().splitlines() for s in ("train", "val", "test") if (out / f"{s}.txt").exists()
+    }
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -293,7 +317,7 @@ def read_lists(out: Path) -> dict[str, list[str]]:
 def test_rebalance_outputs_deterministic_idempotent_and_source_untouched(data, seed):
     import tempfile
 
-    from tasks.rebalance import dataset_version_id, rebalance_validation
+    from phase2.dataset.rebalance import dataset_version_id, rebalance_validation
 
     images, instance_counts, duplicates, planted, targets = data
     assume(images["train"] and images["val"])  # a split Ultralytics can't resolve is the validator's error
@@ -331,14 +355,16 @@ def test_rebalance_outputs_deterministic_idempotent_and_source_untouched(data, s
 
 
 def test_ultralytics_reads_the_rebalanced_lists_and_their_labels(small_real_dataset, tmp_path):
-    from tasks.rebalance import rebalance_validation
     from ultralytics.data.dataset import YOLODataset
     from ultralytics.data.utils import check_det_dataset
 
+    from phase2.dataset.rebalance import rebalance_validation
+
     source = small_real_dataset.parent
     before = tree_digest(source)
-    val_toe = sum(line.startswith("2 ") for f in (source / "val" / "labels").glob("*.txt")
-                  for line in f.read_text().splitlines())
+    val_toe = sum(
+        line.startswith("2 ") for f in (source / "val" / "labels").glob("*.txt") for line in f.read_text().splitlines()
+    )
     result = rebalance_validation(small_real_dataset, tmp_path / "out", {"toe_drain": val_toe + 1})
     assert result.moved_groups and tree_digest(source) == before
 
@@ -357,8 +383,8 @@ def test_ultralytics_reads_the_rebalanced_lists_and_their_labels(small_real_data
 
 
 def test_real_dataset_rebalance_is_leak_free_balanced_deterministic_and_read_only(real_dataset, tmp_path):
-    from tasks.dataset_validation import find_duplicate_groups, resolve_split_images
-    from tasks.rebalance import dataset_version_id, rebalance_validation
+    from phase2.dataset.rebalance import dataset_version_id, rebalance_validation
+    from phase2.dataset.validation import find_duplicate_groups, resolve_split_images
 
     source = tree_digest(real_dataset)
     before_groups = find_duplicate_groups(resolve_split_images(real_dataset / "data.yaml"))
@@ -393,17 +419,41 @@ def test_real_dataset_rebalance_is_leak_free_balanced_deterministic_and_read_onl
 def test_cli_rebalance_writes_version_and_refuses_clearly(tmp_path):
     from typer.testing import CliRunner
 
-    from tasks.cli import app
+    from phase2.cli import app
 
     images, instance_counts = small_dataset()
     data_yaml = write_dataset(tmp_path / "src", images, instance_counts)
     runner = CliRunner()
-    ok = runner.invoke(app, ["rebalance", str(data_yaml), "--target", "toe_drain=3", "--seed", "0",
-                             "--out", str(tmp_path / "out"), "--phash-threshold", "-1"])
+    ok = runner.invoke(
+        app,
+        [
+            "rebalance",
+            str(data_yaml),
+            "--target",
+            "toe_drain=3",
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / "out"),
+            "--phash-threshold",
+            "-1",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     assert "repaired leaks: 1, moved groups: " in ok.output
     assert (tmp_path / "out" / "manifest.json").is_file()
-    refused = runner.invoke(app, ["rebalance", str(data_yaml), "--target", "toe_drain=6",
-                                  "--out", str(tmp_path / "no"), "--phash-threshold", "-1"])
+    refused = runner.invoke(
+        app,
+        [
+            "rebalance",
+            str(data_yaml),
+            "--target",
+            "toe_drain=6",
+            "--out",
+            str(tmp_path / "no"),
+            "--phash-threshold",
+            "-1",
+        ],
+    )
     assert refused.exit_code == 1
     assert "at most 5 reachable" in refused.output and not (tmp_path / "no").exists()

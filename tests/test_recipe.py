@@ -8,17 +8,43 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.recipe import CONFIG_DIR, Recipe, RecipeError, lint_recipe, load_recipe, resolve_imgsz
+from phase2.training.recipe import CONFIG_DIR, Recipe, RecipeError, lint_recipe, load_recipe, resolve_imgsz
 
 NATIVE_SIDE = 312  # the real dataset's largest image side (224 or 312 px)
 
 # The list: the guide's command plus its saved training config.
 SEED_VALUES = {
-    "model": "baseline", "epochs": 80, "imgsz": 640, "batch": 8, "optimizer": "AdamW", "lr0": 0.0001,
-    "lrf": 0.01, "cos_lr": True, "warmup_epochs": 3, "momentum": 0.937, "weight_decay": 0.001, "box": 10.0,
-    "cls": 0.6, "dfl": 1.7, "mosaic": 0.2, "mixup": 0.0, "copy_paste": 0.0, "degrees": 5.0, "translate": 0.1,
-    "scale": 0.6, "shear": 0.0, "perspective": 0.0, "flipud": 0.0, "fliplr": 0.5, "close_mosaic": 20,
-    "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "patience": 15, "save_period": 5, "seed": 0,
+    "model": "baseline",
+    "epochs": 80,
+    "imgsz": 640,
+    "batch": 8,
+    "optimizer": "AdamW",
+    "lr0": 0.0001,
+    "lrf": 0.01,
+    "cos_lr": True,
+    "warmup_epochs": 3,
+    "momentum": 0.937,
+    "weight_decay": 0.001,
+    "box": 10.0,
+    "cls": 0.6,
+    "dfl": 1.7,
+    "mosaic": 0.2,
+    "mixup": 0.0,
+    "copy_paste": 0.0,
+    "degrees": 5.0,
+    "translate": 0.1,
+    "scale": 0.6,
+    "shear": 0.0,
+    "perspective": 0.0,
+    "flipud": 0.0,
+    "fliplr": 0.5,
+    "close_mosaic": 20,
+    "hsv_h": 0.015,
+    "hsv_s": 0.7,
+    "hsv_v": 0.4,
+    "patience": 15,
+    "save_period": 5,
+    "seed": 0,
     "deterministic": True,
 }
 
@@ -65,8 +91,10 @@ def test_seed_lints_with_the_guides_traps():
 
 def test_native_differs_from_seed_only_in_imgsz():
     seed, native = load_recipe("phase2-seed"), load_recipe("phase2-native")
-    seed_dump, native_dump = seed.model_dump(exclude={"name", "description"}), native.model_dump(
-        exclude={"name", "description"})
+    seed_dump, native_dump = (
+        seed.model_dump(exclude={"name", "description"}),
+        native.model_dump(exclude={"name", "description"}),
+    )
     assert native_dump["train"].pop("imgsz") == "native"
     assert seed_dump["train"].pop("imgsz") == 640
     assert native_dump == seed_dump
@@ -82,24 +110,41 @@ def write_recipe(tmp_path: Path, train: dict, **top) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("train", "top", "key", "words"), [
-    ({"epochs": 2, "lr_0": 0.1}, {}, "train.lr_0", "remove it or fix its spelling"),
-    ({"epochs": 2}, {"tarin": {}}, "tarin", "remove it or fix its spelling"),
-    ({"epochs": "many"}, {}, "train.epochs", "valid integer"),
-    ({"cos_lr": "sometimes"}, {}, "train.cos_lr", "valid boolean"),
-    ({"epochs": 0}, {}, "train.epochs", "greater than 0"),
-    ({"epochs": -5}, {}, "train.epochs", "greater than 0"),
-    ({"model": "yolo99z.yaml"}, {}, "train.model", "unknown model yaml"),
-    ({"imgsz": "huge"}, {}, "train.imgsz", "native"),
-], ids=["unknown-train-key", "unknown-top-key", "wrong-type", "wrong-bool", "zero-epochs", "negative-epochs",
-        "unknown-model-yaml", "bad-imgsz"])
+@pytest.mark.parametrize(
+    ("train", "top", "key", "words"),
+    [
+        ({"epochs": 2, "lr_0": 0.1}, {}, "train.lr_0", "remove it or fix its spelling"),
+        ({"epochs": 2}, {"tarin": {}}, "tarin", "remove it or fix its spelling"),
+        ({"epochs": "many"}, {}, "train.epochs", "valid integer"),
+        ({"cos_lr": "sometimes"}, {}, "train.cos_lr", "valid boolean"),
+        ({"epochs": 0}, {}, "train.epochs", "greater than 0"),
+        ({"epochs": -5}, {}, "train.epochs", "greater than 0"),
+        ({"model": "yolo99z.yaml"}, {}, "train.model", "unknown model yaml"),
+        ({"imgsz": "huge"}, {}, "train.imgsz", "native"),
+    ],
+    ids=[
+        "unknown-train-key",
+        "unknown-top-key",
+        "wrong-type",
+        "wrong-bool",
+        "zero-epochs",
+        "negative-epochs",
+        "unknown-model-yaml",
+        "bad-imgsz",
+    ],
+)
 def test_bad_recipes_are_rejected_naming_file_and_key(tmp_path, train, top, key, words, reliability_log):
     path = write_recipe(tmp_path, train, **top)
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     message = str(err.value)
     assert f"{path}: {key}" in message and words in message  # a union adds its branch: train.imgsz.int
-    reliability_log("bad input", "malformed recipes (unknown keys, wrong types, zero/negative epochs, unknown model yaml)", expected="RecipeError naming the file and the key", observed=f"{key}: {words}")
+    reliability_log(
+        "bad input",
+        "malformed recipes (unknown keys, wrong types, zero/negative epochs, unknown model yaml)",
+        expected="RecipeError naming the file and the key",
+        observed=f"{key}: {words}",
+    )
 
 
 def test_invalid_yaml_names_the_line(tmp_path):

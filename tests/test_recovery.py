@@ -15,7 +15,7 @@ import uuid
 import pytest
 import yaml
 
-from tasks.recovery import process_alive, recover_orphaned_runs
+from phase2.infra.recovery import process_alive, recover_orphaned_runs
 from tests.plugins.data import TINY_RECIPE
 from tests.test_scheduling import flow_run_id, trigger, wait_until
 
@@ -38,21 +38,29 @@ def test_process_alive_tells_live_dead_zombie_and_reused_pids():
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_killed_worker_run_is_recovered_and_resumed(local_stack, small_real_dataset, tmp_path, webhook_secret_block,
-                                                    reliability_log):
+def test_killed_worker_run_is_recovered_and_resumed(
+    local_stack, small_real_dataset, tmp_path, webhook_secret_block, reliability_log
+):
     from prefect.client.orchestration import get_client
 
-    from tasks.prefect_stack import PrefectWorker
+    from phase2.infra.prefect_stack import PrefectWorker
 
     recipe = {**TINY_RECIPE, "name": "death", "train": {**TINY_RECIPE["train"], "epochs": 4}}
     recipe_file = tmp_path / "death.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe))
     run_name = f"death-{uuid.uuid4().hex[:6]}"
-    params = {"data": str(small_real_dataset), "baseline": "yolo11n.yaml", "recipe_name": str(recipe_file),
-              "model_name": run_name, "run_name": run_name}
+    params = {
+        "data": str(small_real_dataset),
+        "baseline": "yolo11n.yaml",
+        "recipe_name": str(recipe_file),
+        "model_name": run_name,
+        "run_name": run_name,
+    }
     train_dir = local_stack.state / "pipeline" / run_name / "train"
     env = local_stack.env()
-    started = subprocess.run(trigger("train", params, watch_timeout=None), env=env, capture_output=True, text=True, timeout=120)
+    started = subprocess.run(
+        trigger("train", params, watch_timeout=None), env=env, capture_output=True, text=True, timeout=120
+    )
     first_id = flow_run_id(started.stdout + started.stderr)
 
     def epochs_done() -> int:
@@ -91,4 +99,9 @@ def test_killed_worker_run_is_recovered_and_resumed(local_stack, small_real_data
     assert [int(float(r.split(",")[0])) for r in rows] == [1, 2, 3, 4]
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(flow_run_id(second.stdout + second.stderr)).state.is_completed()
-    reliability_log("fault", "worker killed mid-run (flow-run process gone)", expected="run marked Crashed, slot freed, webhook sent; re-run resumes training", observed=f"Crashed; re-run resumed after epoch {result['resumed_from_epoch']} and completed 4 epochs")
+    reliability_log(
+        "fault",
+        "worker killed mid-run (flow-run process gone)",
+        expected="run marked Crashed, slot freed, webhook sent; re-run resumes training",
+        observed=f"Crashed; re-run resumed after epoch {result['resumed_from_epoch']} and completed 4 epochs",
+    )

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.registry import (
+from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
+from phase2.registry.registry import (
     IntegrityError,
     PromotionConflict,
     PromotionRule,
@@ -18,8 +19,7 @@ from tasks.registry import (
     RegistryError,
     decide_promotion,
 )
-from tasks.services import SeaweedFS, SeaweedPorts
-from tasks.storage import ObjectStore, StorageError
+from phase2.registry.storage import ObjectStore, StorageError
 
 NAME = "site-inspection-detector"
 
@@ -63,8 +63,21 @@ def test_register_show_download_round_trip(object_store, tmp_path):
     assert version.ultralytics_version and version.torch_version and version.code_version
     assert version.metrics["test"]["per_class"]["toe_drain"]["AP50"] == 0.65
     manifest = json.loads(object_store.get_bytes(f"models/{NAME}/versions/v1/manifest.json")[0])
-    for field in ("name", "version", "files", "metrics", "recipe", "dataset", "baseline", "code_version",
-                  "ultralytics_version", "torch_version", "wandb_run_path", "flow_run_id", "created_at"):
+    for field in (
+        "name",
+        "version",
+        "files",
+        "metrics",
+        "recipe",
+        "dataset",
+        "baseline",
+        "code_version",
+        "ultralytics_version",
+        "torch_version",
+        "wandb_run_path",
+        "flow_run_id",
+        "created_at",
+    ):
         assert field in manifest
     assert registry.register(_weights(tmp_path, "b"), _metadata()).version == 2
     assert [v.version for v in registry.list_versions()] == [1, 2]
@@ -149,7 +162,12 @@ def test_tampered_weights_fail_download_and_leave_nothing(object_store, tmp_path
     assert list(dest.iterdir()) == []
     with pytest.raises(IntegrityError):
         registry.resolve_reference(f"{NAME}:v1", cache_dir=tmp_path / "cache")
-    reliability_log("bad input", "tampered registry file (weights bytes changed after registration)", expected="IntegrityError against the manifest sha256; nothing left on disk", observed="IntegrityError; download dir empty; resolve refused")
+    reliability_log(
+        "bad input",
+        "tampered registry file (weights bytes changed after registration)",
+        expected="IntegrityError against the manifest sha256; nothing left on disk",
+        observed="IntegrityError; download dir empty; resolve refused",
+    )
 
 
 def test_resolve_reference_local_s3_and_registry(object_store, tmp_path):
@@ -168,8 +186,9 @@ def test_resolve_reference_local_s3_and_registry(object_store, tmp_path):
         registry.resolve_reference("nothing-here.pt", cache_dir=cache)
 
 
-RULE = PromotionRule(metric="mAP50-95", max_drop=0.01, per_class_min={"toe_drain": {"AP50": 0.6}},
-                     absolute_min={"mAP50-95": 0.3})
+RULE = PromotionRule(
+    metric="mAP50-95", max_drop=0.01, per_class_min={"toe_drain": {"AP50": 0.6}}, absolute_min={"mAP50-95": 0.3}
+)
 
 
 def test_promotion_promotes_within_epsilon_and_meeting_class_target():
@@ -244,7 +263,12 @@ def test_registration_while_storage_is_down_then_restarted(tmp_path, reliability
         assert registry.register(_weights(tmp_path, "c"), _metadata()).version == 2
         for version in registry.list_versions():
             registry.download(f"v{version.version}", tmp_path / "dl")  # all complete, sha256 verified
-        reliability_log("fault", "SeaweedFS stopped during a registry upload, then restarted", expected="one-line error; no version without manifest; next registration works", observed="StorageError cannot reach; versions [1] then [1, 2], all verified")
+        reliability_log(
+            "fault",
+            "SeaweedFS stopped during a registry upload, then restarted",
+            expected="one-line error; no version without manifest; next registration works",
+            observed="StorageError cannot reach; versions [1] then [1, 2], all verified",
+        )
     finally:
         server.stop()
 
@@ -252,7 +276,7 @@ def test_registration_while_storage_is_down_then_restarted(tmp_path, reliability
 def test_cli_list_show_promote_download(object_store, tmp_path):
     from typer.testing import CliRunner
 
-    from tasks.cli import app
+    from phase2.cli import app
 
     registry = Registry(object_store)
     for tag in ("a", "b"):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.dataset_validation import validate_dataset
-from tasks.fine_tune import COMPLETE_MARKER, TrainingFailed, checkpoint_is_complete, fine_tune, read_results
-from tasks.settings import PROJECT_ROOT
+from phase2.dataset.validation import validate_dataset
+from phase2.infra.settings import PROJECT_ROOT
+from phase2.training.fine_tune import COMPLETE_MARKER, TrainingFailed, checkpoint_is_complete, fine_tune, read_results
 from tests.test_dataset_catalogue import edit_yaml, make_dataset, noise_jpeg, yaml_line
 from tests.test_security import flow_env, start_flow, tiny_recipe_file
 
@@ -32,8 +32,11 @@ WRONG_SECRET = "wrong-canary-secret-Kd82jsLq0"
 def tmpfs(path: Path, size: str, *options: str) -> Iterator[Path]:
     """A small tmpfs at `path` (we run as root in CI); skips the test where mount is refused."""
     path.mkdir(parents=True, exist_ok=True)
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(path)],
-                           capture_output=True, text=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip() or 'not permitted'})")
     try:
@@ -48,6 +51,7 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 
 # --- bad storage settings -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("setting", ["missing-bucket", "wrong-secret", "wrong-key-id", "endpoint-down"])
 def test_bad_storage_settings_give_one_line_cli_error(seaweedfs, setting, reliability_log):
     env = {**os.environ, **seaweedfs.env()}
@@ -58,7 +62,7 @@ def test_bad_storage_settings_give_one_line_cli_error(seaweedfs, setting, reliab
     elif setting == "wrong-key-id":
         env["AWS_ACCESS_KEY_ID"] = "PHASE2WRONGKEYID"
     else:
-        from tasks.prefect_stack import free_port
+        from phase2.infra.prefect_stack import free_port
 
         env["PHASE2_S3_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
@@ -70,15 +74,23 @@ def test_bad_storage_settings_give_one_line_cli_error(seaweedfs, setting, reliab
     assert "Traceback" not in output
     for secret in (env["AWS_SECRET_ACCESS_KEY"], seaweedfs.env()["AWS_SECRET_ACCESS_KEY"]):
         assert secret not in output
-    expected_words = {"missing-bucket": "does not exist", "wrong-secret": "access denied",
-                      "wrong-key-id": "access denied", "endpoint-down": "cannot reach"}[setting]
+    expected_words = {
+        "missing-bucket": "does not exist",
+        "wrong-secret": "access denied",
+        "wrong-key-id": "access denied",
+        "endpoint-down": "cannot reach",
+    }[setting]
     assert expected_words in lines[0]
-    reliability_log("bad input", "storage settings: missing bucket, wrong secret, wrong key id, endpoint down "
-                    "(`phase2 models list`)", expected="exit 1, one-line error naming the cause, no traceback, no secret",
-                    observed=f"{setting}: exit 1 in {time.monotonic() - started:.0f} s: {lines[0][:90]}")
+    reliability_log(
+        "bad input",
+        "storage settings: missing bucket, wrong secret, wrong key id, endpoint down (`phase2 models list`)",
+        expected="exit 1, one-line error naming the cause, no traceback, no secret",
+        observed=f"{setting}: exit 1 in {time.monotonic() - started:.0f} s: {lines[0][:90]}",
+    )
 
 
 # --- data.yaml paths escaping the dataset root ----------------------------------------------
+
 
 def _escape_absolute(root: Path) -> str:
     outside = root.parent / "elsewhere" / "images"
@@ -99,8 +111,11 @@ def _escape_deep_dotdot(root: Path) -> str:
     return "test"
 
 
-@pytest.mark.parametrize("make_escape", [_escape_absolute, _escape_in_list, _escape_deep_dotdot],
-                         ids=["absolute-path", "dotdot-in-list", "deep-dotdot"])
+@pytest.mark.parametrize(
+    "make_escape",
+    [_escape_absolute, _escape_in_list, _escape_deep_dotdot],
+    ids=["absolute-path", "dotdot-in-list", "deep-dotdot"],
+)
 def test_data_yaml_paths_escaping_the_root_are_errors(tmp_path, make_escape, reliability_log):
     root = tmp_path / "ds"
     make_dataset(root)
@@ -109,16 +124,19 @@ def test_data_yaml_paths_escaping_the_root_are_errors(tmp_path, make_escape, rel
     hits = [f for f in report.findings if f.code == "YAML_PATH_ESCAPES_ROOT"]
     assert hits and hits[0].severity == "error"
     assert hits[0].file == str(root / "data.yaml") and hits[0].line == yaml_line(root, split)
-    reliability_log("bad input", "data.yaml split paths escaping the dataset root (absolute, '..' in a list, deep '..')",
-                    expected="error YAML_PATH_ESCAPES_ROOT naming data.yaml and the line",
-                    observed=f"YAML_PATH_ESCAPES_ROOT at data.yaml:{hits[0].line}")
+    reliability_log(
+        "bad input",
+        "data.yaml split paths escaping the dataset root (absolute, '..' in a list, deep '..')",
+        expected="error YAML_PATH_ESCAPES_ROOT naming data.yaml and the line",
+        observed=f"YAML_PATH_ESCAPES_ROOT at data.yaml:{hits[0].line}",
+    )
 
 
 # --- unwritable W&B directory ---------------------------------------------------------------
 
 _TRACKER_SCRIPT = (
-    "from tasks.settings import configure_environment; configure_environment()\n"
-    "from tasks.tracking import Tracker, offline_history\n"
+    "from phase2.infra.settings import configure_environment; configure_environment()\n"
+    "from phase2.infra.tracking import Tracker, offline_history\n"
     "t = Tracker('unwritable-' + __import__('uuid').uuid4().hex[:6]); t.log_epoch({'epoch': 1, 'metrics/mAP50(B)': 0.5})\n"
     "t.finish(); print('RUN_PATH', t.run_path); print('HISTORY', len(offline_history(t.run_dir)))\n"
 )
@@ -132,35 +150,54 @@ def _tracker_env(state: Path, **extra: str) -> dict[str, str]:
 def test_read_only_wandb_dir_in_state_fails_before_any_work(tmp_path, reliability_log):
     state = tmp_path / "state"
     with tmpfs(state / "wandb", "1m", "ro"):
-        result = subprocess.run([sys.executable, "-c", _TRACKER_SCRIPT], env=_tracker_env(state), cwd=PROJECT_ROOT,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-c", _TRACKER_SCRIPT],
+            env=_tracker_env(state),
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode != 0 and "RUN_PATH" not in result.stdout
     assert "Read-only file system" in last and str(state / "wandb") in last, result.stderr[-2000:]
-    reliability_log("fault", "W&B directory unwritable (read-only mount at <state>/wandb)",
-                    expected="fails at environment setup, naming the directory, before any work",
-                    observed=last.replace(str(state), "<state>")[:120])
+    reliability_log(
+        "fault",
+        "W&B directory unwritable (read-only mount at <state>/wandb)",
+        expected="fails at environment setup, naming the directory, before any work",
+        observed=last.replace(str(state), "<state>")[:120],
+    )
 
 
 def test_wandb_dir_that_is_a_file_degrades_to_a_reported_temp_dir(tmp_path, reliability_log):
     blocker = tmp_path / "wandb-is-a-file"
     blocker.write_text("not a directory")
-    result = subprocess.run([sys.executable, "-c", _TRACKER_SCRIPT], env=_tracker_env(tmp_path / "state", WANDB_DIR=str(blocker)),
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _TRACKER_SCRIPT],
+        env=_tracker_env(tmp_path / "state", WANDB_DIR=str(blocker)),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     values = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("RUN_PATH", "HISTORY")))
     run_dir = Path(values["RUN_PATH"].removeprefix("offline:"))
     assert run_dir.is_dir() and not run_dir.is_relative_to(blocker) and values["HISTORY"] == "1"
     assert blocker.read_text() == "not a directory"
-    reliability_log("fault", "W&B directory is a file (WANDB_DIR unusable)",
-                    expected="tracking still works offline; the run path reported points at the real location",
-                    observed=f"W&B fell back to {run_dir.parent}; 1 epoch readable; run_path reports it")
+    reliability_log(
+        "fault",
+        "W&B directory is a file (WANDB_DIR unusable)",
+        expected="tracking still works offline; the run path reported points at the real location",
+        observed=f"W&B fell back to {run_dir.parent}; 1 epoch readable; run_path reports it",
+    )
     import shutil
 
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # --- out of space ---------------------------------------------------------------------------
+
 
 def test_full_disk_during_validation_outputs_publishes_nothing_torn(tmp_path, reliability_log):
     root = tmp_path / "ds"
@@ -177,22 +214,33 @@ def test_full_disk_during_validation_outputs_publishes_nothing_torn(tmp_path, re
     assert final == [] or final == ["report.json"], left  # outputs appear whole, in order, or not at all
     if written is not None:
         assert json.loads(written) == json.loads(report.model_dump_json())
-    reliability_log("fault", "state dir out of space (tmpfs) while writing validation outputs",
-                    expected="ENOSPC error; no partial file under a final name (temp files may remain)",
-                    observed=f"OSError ENOSPC; left: {left or 'nothing'}")
+    reliability_log(
+        "fault",
+        "state dir out of space (tmpfs) while writing validation outputs",
+        expected="ENOSPC error; no partial file under a final name (temp files may remain)",
+        observed=f"OSError ENOSPC; left: {left or 'nothing'}",
+    )
 
 
 @pytest.mark.slow
-def test_full_disk_during_training_fails_clearly_then_completes_with_space(small_real_dataset, tmp_path, object_store,
-                                                                          reliability_log):
+def test_full_disk_during_training_fails_clearly_then_completes_with_space(
+    small_real_dataset, tmp_path, object_store, reliability_log
+):
     from tests.test_fine_tune import TRAIN_ARGS
 
     prefix = f"runs/enospc-{uuid.uuid4().hex[:6]}/train"
     with tmpfs(tmp_path / "state-small", "8m") as small:
         save_dir = small / "train"
         with pytest.raises((TrainingFailed, OSError)) as err:
-            fine_tune(weights="yolo11n.yaml", data_yaml=small_real_dataset, train_args=TRAIN_ARGS, save_dir=save_dir,
-                      store=object_store, run_prefix=prefix, poll_s=0.2)
+            fine_tune(
+                weights="yolo11n.yaml",
+                data_yaml=small_real_dataset,
+                train_args=TRAIN_ARGS,
+                save_dir=save_dir,
+                store=object_store,
+                run_prefix=prefix,
+                poll_s=0.2,
+            )
         message = str(err.value)
         assert "no space left" in message.lower().split("\n")[0], message[-3000:]
         assert not (save_dir / COMPLETE_MARKER).exists()
@@ -206,28 +254,47 @@ def test_full_disk_during_training_fails_clearly_then_completes_with_space(small
                 assert checkpoint_is_complete(probe), f"torn checkpoint published at {key}"
 
         subprocess.run(["mount", "-o", "remount,size=512m", str(small)], check=True)
-        result = fine_tune(weights="yolo11n.yaml", data_yaml=small_real_dataset, train_args=TRAIN_ARGS,
-                           save_dir=save_dir, store=object_store, run_prefix=prefix, poll_s=0.2)
+        result = fine_tune(
+            weights="yolo11n.yaml",
+            data_yaml=small_real_dataset,
+            train_args=TRAIN_ARGS,
+            save_dir=save_dir,
+            store=object_store,
+            run_prefix=prefix,
+            poll_s=0.2,
+        )
         assert (save_dir / COMPLETE_MARKER).exists() and object_store.exists(f"{prefix}/{COMPLETE_MARKER}")
-        assert result.epochs_completed == TRAIN_ARGS["epochs"] and len(read_results(result.results_csv)) == TRAIN_ARGS["epochs"]
-    reliability_log("fault", "state dir out of space (8 MB tmpfs) during fine_tune",
-                    expected="clear failure (ENOSPC), no COMPLETE marker, no torn object in S3; re-run with space completes",
-                    observed=f"{type(err.value).__name__} with ENOSPC; {len(published)} whole objects in S3; "
-                             f"re-run trained {result.epochs_trained_this_attempt} epoch(s) and completed")
+        assert (
+            result.epochs_completed == TRAIN_ARGS["epochs"]
+            and len(read_results(result.results_csv)) == TRAIN_ARGS["epochs"]
+        )
+    reliability_log(
+        "fault",
+        "state dir out of space (8 MB tmpfs) during fine_tune",
+        expected="clear failure (ENOSPC), no COMPLETE marker, no torn object in S3; re-run with space completes",
+        observed=f"{type(err.value).__name__} with ENOSPC; {len(published)} whole objects in S3; "
+        f"re-run trained {result.epochs_trained_this_attempt} epoch(s) and completed",
+    )
 
 
 # --- Prefect server restarted during a run --------------------------------------------------
 
+
 @pytest.mark.slow
-def test_prefect_server_restart_mid_training_then_rerun_skips_finished_training(small_real_dataset, tmp_path, seaweedfs,
-                                                                                reliability_log):
+def test_prefect_server_restart_mid_training_then_rerun_skips_finished_training(
+    small_real_dataset, tmp_path, seaweedfs, reliability_log
+):
     from tests.test_security import PrefectServer, free_port
 
     server = PrefectServer(tmp_path / "prefect-server", port=free_port(), ui=False).start()
     state = tmp_path / "flow-state"
     s3_env = {**seaweedfs.env(), "PHASE2_S3_BUCKET": f"t-{uuid.uuid4().hex[:12]}"}
-    params = {"data": str(small_real_dataset), "baseline": "yolo11n.yaml",
-              "recipe_name": str(tiny_recipe_file(tmp_path, epochs=4)), "run_name": "server-restart"}
+    params = {
+        "data": str(small_real_dataset),
+        "baseline": "yolo11n.yaml",
+        "recipe_name": str(tiny_recipe_file(tmp_path, epochs=4)),
+        "run_name": "server-restart",
+    }
     env = flow_env(state, server.api_url, s3_env)
     train_dir = state / "pipeline" / "server-restart" / "train"
     try:
@@ -243,7 +310,9 @@ def test_prefect_server_restart_mid_training_then_rerun_skips_finished_training(
         code, output = first.wait(timeout=800)
         completed_first = (train_dir / COMPLETE_MARKER).exists()
         if code != 0:  # failing is allowed, but clearly: the last lines say what went wrong
-            assert any(w in output for w in ("ConnectError", "Connection refused", "httpx", "Crashed", "Failed")), output[-3000:]
+            assert any(w in output for w in ("ConnectError", "Connection refused", "httpx", "Crashed", "Failed")), (
+                output[-3000:]
+            )
         log_before = (train_dir.parent / "train.log").read_bytes()
 
         second = start_flow(state, env, **params)
@@ -256,8 +325,11 @@ def test_prefect_server_restart_mid_training_then_rerun_skips_finished_training(
             assert (train_dir.parent / "train.log").read_bytes() == log_before
     finally:
         server.stop()
-    reliability_log("fault", "Prefect server restarted during training (in-process flow)",
-                    expected="run finishes or fails clearly; re-run completes without redoing finished training",
-                    observed=f"server down after epoch {down_at_epoch}; first run exit {code} "
-                             f"({'training complete' if completed_first else 'training incomplete'}); "
-                             f"re-run exit 0, training {'not redone' if completed_first else 'resumed'}")
+    reliability_log(
+        "fault",
+        "Prefect server restarted during training (in-process flow)",
+        expected="run finishes or fails clearly; re-run completes without redoing finished training",
+        observed=f"server down after epoch {down_at_epoch}; first run exit {code} "
+        f"({'training complete' if completed_first else 'training incomplete'}); "
+        f"re-run exit 0, training {'not redone' if completed_first else 'resumed'}",
+    )

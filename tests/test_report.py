@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import report
-from tasks.hashing import sha256_file
-from tasks.settings import MINORITY_CLASS
+from phase2.infra.files import sha256_file
+from phase2.infra.settings import MINORITY_CLASS
+from phase2.report import report
 from tests.plugins.data import TINY_RECIPE
 
 MODEL_NAME = "report-test-detector"
@@ -36,7 +36,7 @@ def _untrained_baseline(path: Path, names: list[str]) -> Path:
 def _prefect_api(request, root: Path) -> str:
     """The session's Prefect server if one is up (local_stack), else a real one for these tests
     (Prefect's temporary in-process server can miss its 20 s start limit on 2 busy cores)."""
-    from tasks.prefect_stack import PrefectServer, free_port
+    from phase2.infra.prefect_stack import PrefectServer, free_port
 
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
@@ -49,12 +49,12 @@ def tiny_pipeline_run(request, seaweedfs, real_dataset, tmp_path_factory) -> dic
     """Run the flow once per test session (shared by the report tests); production = the baseline."""
     if "run" in _RUNS:
         return _RUNS["run"]
-    from flows.phase2 import phase2
+    from flows.train import phase2
+    from phase2.infra.settings import state_dir
+    from phase2.registry.registry import Registry
+    from phase2.registry.storage import ObjectStore
+    from phase2.training.recipe import Recipe
     from tests.plugins.data import copy_subset
-    from tasks.recipe import Recipe
-    from tasks.registry import Registry
-    from tasks.settings import state_dir
-    from tasks.storage import ObjectStore
 
     root = tmp_path_factory.mktemp("report-run")
     data_yaml = copy_subset(real_dataset, root / "site-small", {"train": 8, "val": 4, "test": 3})
@@ -71,15 +71,27 @@ def tiny_pipeline_run(request, seaweedfs, real_dataset, tmp_path_factory) -> dic
         registry = Registry(store, MODEL_NAME)
         production = registry.register({"weights/best.pt": baseline}, {"flow_run_id": "report-test-production"})
         registry.set_alias("production", production.version)
-        state = phase2(data=str(data_yaml), baseline=str(baseline), recipe=Recipe.model_validate(TINY_RECIPE),
-                       model_name=MODEL_NAME, return_state=True)
+        state = phase2(
+            data=str(data_yaml),
+            baseline=str(baseline),
+            recipe=Recipe.model_validate(TINY_RECIPE),
+            model_name=MODEL_NAME,
+            return_state=True,
+        )
     assert state.is_completed(), state
     summary = state.result()
     flow_run_id = str(state.state_details.flow_run_id)
     work_dir = state_dir() / "pipeline" / report.run_key_for(flow_run_id)
-    _RUNS["run"] = {"summary": summary, "flow_run_id": flow_run_id, "work_dir": work_dir, "store": store,
-                    "api_url": api_url,
-                    "version": registry.get(summary["model"]), "production": production, "baseline": baseline}
+    _RUNS["run"] = {
+        "summary": summary,
+        "flow_run_id": flow_run_id,
+        "work_dir": work_dir,
+        "store": store,
+        "api_url": api_url,
+        "version": registry.get(summary["model"]),
+        "production": production,
+        "baseline": baseline,
+    }
     return _RUNS["run"]
 
 
@@ -138,8 +150,14 @@ class Page(HTMLParser):
 def expected_cells(metrics: dict) -> dict[tuple[str, str], float | None]:
     cells = {(name, key): values[key] for name, values in metrics["per_class"].items() for key in report.PER_CLASS_KEYS}
     overall = metrics["overall"]
-    cells.update({("all", "precision"): overall["precision"], ("all", "recall"): overall["recall"],
-                  ("all", "AP50"): overall["mAP50"], ("all", "AP50-95"): overall["mAP50-95"]})
+    cells.update(
+        {
+            ("all", "precision"): overall["precision"],
+            ("all", "recall"): overall["recall"],
+            ("all", "AP50"): overall["mAP50"],
+            ("all", "AP50-95"): overall["mAP50-95"],
+        }
+    )
     return cells
 
 
@@ -157,8 +175,16 @@ def test_report_sections_from_a_real_run(pipeline_run):
     html = work_dir / "report" / "report.html"
     page = Page(html.read_text())
 
-    assert page.sections == ["promotion", "dataset", "training", "selection", "per-class", "plots",
-                             "detections", "timings"]
+    assert page.sections == [
+        "promotion",
+        "dataset",
+        "training",
+        "selection",
+        "per-class",
+        "plots",
+        "detections",
+        "timings",
+    ]
     assert page.external == []  # self-contained: no scripts, stylesheets or remote images
     assert all(img["src"].startswith("data:image/") and len(img["src"]) > 1000 for img in page.images)
     titles = [img["data-name"] for img in page.images]
@@ -173,7 +199,7 @@ def test_report_sections_from_a_real_run(pipeline_run):
     assert pipeline_run["summary"]["report"] == store.uri(key)
 
     # Training: best epoch and stop reason are those of the history.
-    from tasks.selection import summarize_history
+    from phase2.evaluation.selection import summarize_history
 
     history = summarize_history(work_dir / "train" / "results.csv")
     assert page.by_id["best-epoch"] == str(history.best_epoch)
@@ -213,8 +239,15 @@ def test_report_sections_from_a_real_run(pipeline_run):
     assert ("PROMOTED" if promotion["promote"] else "KEPT") in page.by_id["promotion"]
     assert pipeline_run["summary"]["promoted"] == promotion["promote"]
     timings = page.by_id["timings-table"]
-    for task in ("validate_dataset", "rebalance_validation", "fine_tune", "select_checkpoint", "register_model",
-                 "promote_model", "build_report"):
+    for task in (
+        "validate_dataset",
+        "rebalance_validation",
+        "fine_tune",
+        "select_checkpoint",
+        "register_model",
+        "promote_model",
+        "build_report",
+    ):
         assert task in timings
 
 
@@ -226,8 +259,9 @@ def test_prefect_artifacts_link_the_report_and_hold_the_tables(pipeline_run):
     key = f"review-report-{MODEL_NAME}"
     with temporary_settings({PREFECT_API_URL: pipeline_run["api_url"]}), get_client(sync_client=True) as client:
         links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-        tables = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[f"per-class-comparison-{MODEL_NAME}"])))
+        tables = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"per-class-comparison-{MODEL_NAME}"]))
+        )
     assert pipeline_run["summary"]["report"] in links[-1].data
     rows = json.loads(tables[-1].data) if isinstance(tables[-1].data, str) else tables[-1].data
     by_class = {row["class"]: row for row in rows}
@@ -240,7 +274,7 @@ def test_report_of_a_past_run_by_flow_run_id_or_key(pipeline_run, tmp_path, seaw
         monkeypatch.setenv(key, value)
     from typer.testing import CliRunner
 
-    from tasks.cli import app
+    from phase2.cli import app
 
     work_dir = pipeline_run["work_dir"]
     stored = work_dir / "report" / "report.html"
@@ -270,8 +304,14 @@ def test_missing_parts_are_named_not_fatal(pipeline_run, tmp_path):
         shutil.copy(pipeline_run["work_dir"] / "train" / name, partial / "train" / name)
     page = Page(report.build_html_report(partial, tmp_path / "r.html").read_text())
     text = (tmp_path / "r.html").read_text()
-    for missing in ("validation/report.json", "dataset/balance.csv", "selection/candidates.csv",
-                    "report/promotion.json", "report/timings.json", "report/detections/detections.json"):
+    for missing in (
+        "validation/report.json",
+        "dataset/balance.csv",
+        "selection/candidates.csv",
+        "report/promotion.json",
+        "report/timings.json",
+        "report/detections/detections.json",
+    ):
         assert f"Not available: {missing}" in text
     assert [img["data-name"] for img in page.images] == ["Training curves per epoch"]
     assert all(text == "–" for _, text in page.cells.values())
@@ -280,9 +320,14 @@ def test_missing_parts_are_named_not_fatal(pipeline_run, tmp_path):
 
 
 def _spec():
-    return report.wandb_report_spec(entity="acme", project="site-inspection-phase2", run_id="abc123",
-                                    title="site-inspection-detector:v3 review", description="run abc123",
-                                    html_link="s3://bucket/runs/abc123/report/report.html")
+    return report.wandb_report_spec(
+        entity="acme",
+        project="site-inspection-phase2",
+        run_id="abc123",
+        title="site-inspection-detector:v3 review",
+        description="run abc123",
+        html_link="s3://bucket/runs/abc123/report/report.html",
+    )
 
 
 def _panels(spec) -> list:
@@ -296,9 +341,11 @@ def _panel_keys(spec) -> tuple[set[str], set[str], set[str]]:
     import wandb_workspaces.reports.v2 as wr
 
     panels = _panels(spec)
-    return ({key for p in panels if isinstance(p, wr.LinePlot) for key in p.y},
-            {key for p in panels if isinstance(p, wr.MediaBrowser) for key in p.media_keys},
-            {p.table_name for p in panels if isinstance(p, wr.WeavePanelSummaryTable)})
+    return (
+        {key for p in panels if isinstance(p, wr.LinePlot) for key in p.y},
+        {key for p in panels if isinstance(p, wr.MediaBrowser) for key in p.media_keys},
+        {p.table_name for p in panels if isinstance(p, wr.WeavePanelSummaryTable)},
+    )
 
 
 def test_wandb_report_spec_panels():
@@ -306,29 +353,49 @@ def test_wandb_report_spec_panels():
     import wandb_workspaces.reports.v2 as wr
 
     spec = _spec()
-    assert (spec.entity, spec.project, spec.title) == ("acme", "site-inspection-phase2",
-                                                       "site-inspection-detector:v3 review")
+    assert (spec.entity, spec.project, spec.title) == (
+        "acme",
+        "site-inspection-phase2",
+        "site-inspection-detector:v3 review",
+    )
     grids = [b for b in spec.blocks if isinstance(b, wr.PanelGrid)]
     panels = _panels(spec)
     # Every grid shows exactly this run.
-    assert all(len(g.runsets) == 1 and g.runsets[0].filters == "ID = 'abc123'" and g.runsets[0].entity == "acme"
-               for g in grids)
+    assert all(
+        len(g.runsets) == 1 and g.runsets[0].filters == "ID = 'abc123'" and g.runsets[0].entity == "acme" for g in grids
+    )
     assert all(p.x == "epoch" for p in panels if isinstance(p, wr.LinePlot))
     plotted, media, tables = _panel_keys(spec)
-    assert {"metrics/precision", "metrics/recall", "metrics/mAP50", "metrics/mAP50-95", "lr/pg0",
-            "train/box_loss", "val/cls_loss"} <= plotted
-    assert {"validation/class_counts", "dataset/balance", "selection/pr_curve", "selection/confusion_matrix",
-            "report/detections"} <= media
-    assert {"report/per_class_comparison", "report/timings", "promotion/comparison", "selection/candidates",
-            "selection/per_class_val"} <= tables
+    assert {
+        "metrics/precision",
+        "metrics/recall",
+        "metrics/mAP50",
+        "metrics/mAP50-95",
+        "lr/pg0",
+        "train/box_loss",
+        "val/cls_loss",
+    } <= plotted
+    assert {
+        "validation/class_counts",
+        "dataset/balance",
+        "selection/pr_curve",
+        "selection/confusion_matrix",
+        "report/detections",
+    } <= media
+    assert {
+        "report/per_class_comparison",
+        "report/timings",
+        "promotion/comparison",
+        "selection/candidates",
+        "selection/per_class_val",
+    } <= tables
     assert [b.text for b in spec.blocks if isinstance(b, wr.H2)][0] == "Training curves per epoch"
-    assert any(isinstance(b, wr.P) and "s3://bucket/runs/abc123/report/report.html" in str(b.text)
-               for b in spec.blocks)
+    assert any(isinstance(b, wr.P) and "s3://bucket/runs/abc123/report/report.html" in str(b.text) for b in spec.blocks)
 
 
 def test_wandb_report_panels_show_what_the_run_logged(pipeline_run):
     """Each panel's key was really logged by the pipeline's steps (offline run read back)."""
-    from tasks.tracking import offline_history
+    from phase2.infra.tracking import offline_history
 
     plotted, media, tables = _panel_keys(_spec())
     run_dir = Path(pipeline_run["summary"]["wandb_run"].removeprefix("offline:"))

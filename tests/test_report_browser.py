@@ -17,12 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from tasks import report
+from phase2.report import report
 from tests.test_report import tiny_pipeline_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PROBE = """<script>
 window.addEventListener("load", () => {
   const images = [...document.images].map(i => ({name: i.dataset.name, cls: i.className,
@@ -50,8 +57,9 @@ def chromium() -> str:
 
 
 def _chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([binary, *FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [binary, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_report_renders_in_chromium(chromium, request, seaweedfs, real_dataset, tmp_path_factory, tmp_path):
@@ -61,18 +69,23 @@ def test_report_renders_in_chromium(chromium, request, seaweedfs, real_dataset, 
     page = html.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';", 1)
     probed.write_text(page.replace("</body>", PROBE + "</body>", 1))
 
-    dom = _chromium(chromium, tmp_path / "profile-dom", "--virtual-time-budget=10000", "--dump-dom",
-                    probed.as_uri())
+    dom = _chromium(chromium, tmp_path / "profile-dom", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     match = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
     assert match, "the probe did not run: " + dom.stdout[-500:]
-    result = json.loads(match.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
-                        .replace("&quot;", '"'))
+    result = json.loads(
+        match.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
+    )
 
     images = result["images"]
     names = [i["name"] for i in images]
-    for expected in ("Training curves per epoch", "Class counts per split, before and after rebalancing",
-                     "PR curve, val split", "Confusion matrix, val split", "Task run durations"):
+    for expected in (
+        "Training curves per epoch",
+        "Class counts per split, before and after rebalancing",
+        "PR curve, val split",
+        "Confusion matrix, val split",
+        "Task run durations",
+    ):
         assert expected in names
     tiles = json.loads((run["work_dir"] / "report" / "detections" / "detections.json").read_text())["tiles"]
     assert sum(i["cls"] == "tile" for i in images) == len(tiles) > 0
@@ -95,8 +108,14 @@ def test_report_renders_in_chromium(chromium, request, seaweedfs, real_dataset, 
 
     # A screenshot of the report itself (no probe) as a test artifact.
     screenshot = tmp_path / "report-screenshot.png"
-    shot = _chromium(chromium, tmp_path / "profile-shot", "--window-size=1280,2400", "--hide-scrollbars",
-                     f"--screenshot={screenshot}", (run["work_dir"] / "report" / "report.html").as_uri())
+    shot = _chromium(
+        chromium,
+        tmp_path / "profile-shot",
+        "--window-size=1280,2400",
+        "--hide-scrollbars",
+        f"--screenshot={screenshot}",
+        (run["work_dir"] / "report" / "report.html").as_uri(),
+    )
     assert shot.returncode == 0 and screenshot.stat().st_size > 20_000, shot.stderr[-2000:]
     from PIL import Image
 

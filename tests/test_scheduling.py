@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.recovery import FAULTS_VARIABLE
+from phase2.infra.recovery import FAULTS_VARIABLE
 from tests.plugins.data import TINY_RECIPE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -60,18 +60,50 @@ def test_retry_concurrency_and_notifications(local_stack, small_real_dataset, tm
     env = local_stack.env()
     Variable.set(FAULTS_VARIABLE, "rebalance_validation", overwrite=True)
     try:
-        first = subprocess.Popen(trigger("train", {"data": str(small_real_dataset), "baseline": "yolo11n.yaml",
-                                                   "recipe_name": str(recipe_file), "model_name": model_name}),
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        first = subprocess.Popen(
+            trigger(
+                "train",
+                {
+                    "data": str(small_real_dataset),
+                    "baseline": "yolo11n.yaml",
+                    "recipe_name": str(recipe_file),
+                    "model_name": model_name,
+                },
+            ),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         with get_client(sync_client=True) as client:
             # The first run's id, once it holds the slot (Running).
-            first_id = wait_until(lambda: next((str(r.id) for r in client.read_flow_runs()
-                                                if r.parameters.get("model_name") == model_name
-                                                and r.state.is_running()), None), 120, "first run Running")
+            first_id = wait_until(
+                lambda: next(
+                    (
+                        str(r.id)
+                        for r in client.read_flow_runs()
+                        if r.parameters.get("model_name") == model_name and r.state.is_running()
+                    ),
+                    None,
+                ),
+                120,
+                "first run Running",
+            )
             # A second trigger while the first trains: a run that will fail (no data.yaml).
-            second = subprocess.run(trigger("train", {"data": str(tmp_path / "missing" / "data.yaml"),
-                                                      "baseline": "yolo11n.yaml", "model_name": model_name}),
-                                    env=env, capture_output=True, text=True, timeout=900)
+            second = subprocess.run(
+                trigger(
+                    "train",
+                    {
+                        "data": str(tmp_path / "missing" / "data.yaml"),
+                        "baseline": "yolo11n.yaml",
+                        "model_name": model_name,
+                    },
+                ),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
             first_output = first.communicate(timeout=900)[0]
             second_id = flow_run_id(second.stdout + second.stderr)
             first_run = client.read_flow_run(first_id)
@@ -107,10 +139,10 @@ def test_scheduled_retrain_with_unchanged_data_finishes_early(local_stack, small
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
-    from tasks.rebalance import dataset_version_id
-    from tasks.registry import Registry
-    from tasks.services import resolve_s3_settings
-    from tasks.storage import ObjectStore
+    from phase2.dataset.rebalance import dataset_version_id
+    from phase2.infra.seaweedfs import resolve_s3_settings
+    from phase2.registry.registry import Registry
+    from phase2.registry.storage import ObjectStore
 
     # Production was trained on exactly this dataset (lineage: the source version id).
     model_name = f"nightly-{uuid.uuid4().hex[:6]}"
@@ -119,24 +151,36 @@ def test_scheduled_retrain_with_unchanged_data_finishes_early(local_stack, small
     weights = tmp_path / "best.pt"
     weights.write_bytes(b"stand-in weights: never loaded when the run is skipped")
     registry = Registry(store, model_name)
-    version = registry.register({"weights/best.pt": weights},
-                                {"dataset": {"source_version_id": dataset_version_id(small_real_dataset)}})
+    version = registry.register(
+        {"weights/best.pt": weights}, {"dataset": {"source_version_id": dataset_version_id(small_real_dataset)}}
+    )
     registry.set_alias("production", version.version)
 
     started = time.monotonic()
-    proc = subprocess.run(trigger("scheduled-retrain", {"data": str(small_real_dataset),
-                                                        "baseline": f"{model_name}:production",
-                                                        "model_name": model_name}, watch_timeout=120),
-                          env=local_stack.env(), capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        trigger(
+            "scheduled-retrain",
+            {"data": str(small_real_dataset), "baseline": f"{model_name}:production", "model_name": model_name},
+            watch_timeout=120,
+        ),
+        env=local_stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     wall_s = time.monotonic() - started
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     run_id = flow_run_id(proc.stdout + proc.stderr)
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_id)
-        task_names = {t.name.rsplit("-", 1)[0] for t in client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))}
-        logs = " ".join(entry.message for entry in client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))))
+        task_names = {
+            t.name.rsplit("-", 1)[0]
+            for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        }
+        logs = " ".join(
+            entry.message
+            for entry in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        )
     assert run.state.is_completed() and run.parameters["skip_if_unchanged"] is True
     assert task_names == {"plan_run"}  # nothing validated, trained or registered
     assert f"no new data: dataset {dataset_version_id(small_real_dataset)[:12]}" in logs

@@ -19,18 +19,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.fine_tune import TrainingFailed, fine_tune
-from tasks.prefect_stack import PrefectServer, free_port
-from tasks.registry import Registry
-from tasks.services import SeaweedFS, SeaweedPorts
-from tasks.settings import PROJECT_ROOT
-from tasks.storage import IntegrityError, ObjectStore
+from phase2.infra.prefect_stack import PrefectServer, free_port
+from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
+from phase2.infra.settings import PROJECT_ROOT
+from phase2.registry.registry import Registry
+from phase2.registry.storage import IntegrityError, ObjectStore
+from phase2.training.fine_tune import TrainingFailed, fine_tune
 from tests.plugins.data import TINY_RECIPE
 from tests.plugins.webhook import WebhookReceiver
 
 # Recognisable fake secrets: any occurrence anywhere is a leak.
 FAKE_S3 = {"AWS_ACCESS_KEY_ID": "PHASE2CANARYKEYID7Q3", "AWS_SECRET_ACCESS_KEY": "canary-s3-secret-Zq8vX3pL9wK2mN5r"}
-FAKE_OTHER = {"AWS_SESSION_TOKEN": "canary-session-token-Hj4kL8pQ2w", "PHASE2_EXTRA_API_TOKEN": "canary-api-token-Rt6yU1iO"}
+FAKE_OTHER = {
+    "AWS_SESSION_TOKEN": "canary-session-token-Hj4kL8pQ2w",
+    "PHASE2_EXTRA_API_TOKEN": "canary-api-token-Rt6yU1iO",
+}
 WEBHOOK_TOKEN = "canary-webhook-token-Bn3mV7cX"
 # Variables a flow process must not inherit from the test session (it gets its own state dir).
 _SESSION_PREFIXES = ("WANDB_", "YOLO_", "PREFECT_", "PHASE2_", "AWS_")
@@ -58,13 +61,21 @@ def start_flow(state: Path, env: dict[str, str], **parameters) -> FlowProcess:
     """`phase2(**parameters)` in a child process; stdout+stderr go to <state>/../flow-<n>.out."""
     state.mkdir(parents=True, exist_ok=True)
     output = state.parent / f"flow-{uuid.uuid4().hex[:6]}.out"
-    script = ("from tasks.settings import configure_environment; configure_environment()\n"
-              "import json, sys\nfrom flows.phase2 import phase2\n"
-              f"result = phase2(**json.loads({json.dumps(json.dumps(parameters))}))\n"
-              "print('FLOW RESULT', json.dumps(result, default=str))\n")
+    script = (
+        "from phase2.infra.settings import configure_environment; configure_environment()\n"
+        "import json, sys\nfrom flows.train import phase2\n"
+        f"result = phase2(**json.loads({json.dumps(json.dumps(parameters))}))\n"
+        "print('FLOW RESULT', json.dumps(result, default=str))\n"
+    )
     with output.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     return FlowProcess(proc, state, output)
 
 
@@ -108,6 +119,7 @@ def occurrences(blob: bytes, secrets: list[str]) -> dict[str, int]:
 
 # --- secrets --------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_flow_run_leaks_no_secret(small_real_dataset, tmp_path, prefect_server, monkeypatch, reliability_log):
     for key, value in FAKE_S3.items():  # the dedicated SeaweedFS enforces exactly these
@@ -117,18 +129,33 @@ def test_flow_run_leaks_no_secret(small_real_dataset, tmp_path, prefect_server, 
     secrets = [*FAKE_S3.values(), *FAKE_OTHER.values(), WEBHOOK_TOKEN]
     try:
         state = tmp_path / "flow-state"
-        env = flow_env(state, prefect_server.api_url, s3.env(), **FAKE_OTHER,
-                       PHASE2_NOTIFY_WEBHOOK=f"{receiver.url}/{WEBHOOK_TOKEN}")
-        flow = start_flow(state, env, data=str(small_real_dataset), baseline="yolo11n.yaml",
-                          recipe_name=str(tiny_recipe_file(tmp_path)))
+        env = flow_env(
+            state,
+            prefect_server.api_url,
+            s3.env(),
+            **FAKE_OTHER,
+            PHASE2_NOTIFY_WEBHOOK=f"{receiver.url}/{WEBHOOK_TOKEN}",
+        )
+        flow = start_flow(
+            state,
+            env,
+            data=str(small_real_dataset),
+            baseline="yolo11n.yaml",
+            recipe_name=str(tiny_recipe_file(tmp_path)),
+        )
         code, console = flow.wait(timeout=800)
         assert code == 0, console[-4000:]
         receiver.wait_for("promoted")
 
         with prefect_client(prefect_server.api_url) as client:
             from prefect.client.schemas.filters import (
-                ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, LogFilter,
-                LogFilterFlowRunId)
+                ArtifactFilter,
+                ArtifactFilterFlowRunId,
+                FlowRunFilter,
+                FlowRunFilterId,
+                LogFilter,
+                LogFilterFlowRunId,
+            )
 
             # The run's own id, written by its finish step (the server may hold other runs).
             (summary,) = (state / "pipeline" / "flow-runs").glob("*.json")
@@ -136,7 +163,9 @@ def test_flow_run_leaks_no_secret(small_real_dataset, tmp_path, prefect_server, 
             ids = [flow_run.id]
             logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200)
             task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
-            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids))
+            )
         assert flow_run.state.is_completed() and len(logs) > 5 and len(artifacts) > 5 and len(task_runs) >= 8
 
         store = ObjectStore(s3.settings())
@@ -158,13 +187,18 @@ def test_flow_run_leaks_no_secret(small_real_dataset, tmp_path, prefect_server, 
             "state dir (W&B run files, reports, logs)": [p.read_bytes() for p in state_files],
             "webhook messages": receiver.raw,
         }
-        leaks = {where: found for where, blobs in places.items() for blob in blobs
-                 if (found := occurrences(blob, secrets))}
+        leaks = {
+            where: found for where, blobs in places.items() for blob in blobs if (found := occurrences(blob, secrets))
+        }
         tried = sum(len(blobs) for blobs in places.values())
         for where, blobs in places.items():
-            reliability_log("security", f"secret scan: {where}", tried=max(1, len(blobs)),
-                            expected=f"0 occurrences of {len(secrets)} fake secrets",
-                            observed=f"{sum(1 for w in leaks if w == where)} leaks in {len(blobs)} items")
+            reliability_log(
+                "security",
+                f"secret scan: {where}",
+                tried=max(1, len(blobs)),
+                expected=f"0 occurrences of {len(secrets)} fake secrets",
+                observed=f"{sum(1 for w in leaks if w == where)} leaks in {len(blobs)} items",
+            )
         assert not leaks, f"secrets leaked: {leaks}"
         assert tried > 100
     finally:
@@ -173,6 +207,7 @@ def test_flow_run_leaks_no_secret(small_real_dataset, tmp_path, prefect_server, 
 
 
 # --- untrusted weights ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["random-bytes", "text-file", "missing", "empty"])
 def test_baseline_that_is_not_a_checkpoint_is_refused_before_unpickling(tmp_path, kind, reliability_log):
@@ -186,15 +221,23 @@ def test_baseline_that_is_not_a_checkpoint_is_refused_before_unpickling(tmp_path
     data_yaml = tmp_path / "data.yaml"
     data_yaml.write_text("train: x\nval: x\nnames: [a]\n")
     with pytest.raises(TrainingFailed) as err:
-        fine_tune(weights=weights, data_yaml=data_yaml, train_args={"epochs": 1}, save_dir=tmp_path / "train",
-                  run_prefix="runs/x/train")
+        fine_tune(
+            weights=weights,
+            data_yaml=data_yaml,
+            train_args={"epochs": 1},
+            save_dir=tmp_path / "train",
+            run_prefix="runs/x/train",
+        )
     message = str(err.value)
     assert str(weights) in message and "not a PyTorch checkpoint" in message
     assert "\n" not in message and "Traceback" not in message
     assert not (tmp_path / "train").exists() and not (tmp_path / "train.log").exists(), "no child was started"
-    reliability_log("bad input", "baseline weights that are not a checkpoint (random bytes, text, empty, missing)",
-                    expected="one-line error naming the file; nothing unpickled, no training started",
-                    observed=message.split(":", 1)[1].strip()[:80])
+    reliability_log(
+        "bad input",
+        "baseline weights that are not a checkpoint (random bytes, text, empty, missing)",
+        expected="one-line error naming the file; nothing unpickled, no training started",
+        observed=message.split(":", 1)[1].strip()[:80],
+    )
 
 
 def test_tampered_s3_baseline_is_refused_and_not_cached(object_store, tmp_path, reliability_log):
@@ -203,12 +246,16 @@ def test_tampered_s3_baseline_is_refused_and_not_cached(object_store, tmp_path, 
     object_store.put_file(good, "baselines/base.pt")
     # Replace the bytes but keep the old sha256 metadata: what an attacker with bucket write would do.
     original = object_store.head("baselines/base.pt")["sha256"]
-    object_store._client.put_object(Bucket=object_store.bucket, Key="baselines/base.pt", Body=b"evil pickle",
-                                    Metadata={"sha256": original})
+    object_store._client.put_object(
+        Bucket=object_store.bucket, Key="baselines/base.pt", Body=b"evil pickle", Metadata={"sha256": original}
+    )
     cache = tmp_path / "cache"
     with pytest.raises(IntegrityError, match="does not match"):
         Registry(object_store).resolve_reference(object_store.uri("baselines/base.pt"), cache_dir=cache)
     assert not [p for p in cache.rglob("*") if p.is_file()], "nothing of the tampered file may stay on disk"
-    reliability_log("bad input", "s3:// baseline whose bytes were replaced (sha256 metadata kept)",
-                    expected="IntegrityError before it is loaded; nothing cached",
-                    observed="IntegrityError: sha256 does not match; cache empty")
+    reliability_log(
+        "bad input",
+        "s3:// baseline whose bytes were replaced (sha256 metadata kept)",
+        expected="IntegrityError before it is loaded; nothing cached",
+        observed="IntegrityError: sha256 does not match; cache empty",
+    )

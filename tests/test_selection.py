@@ -10,8 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.plugins.data import copy_subset
-from tasks.selection import (
+from phase2.evaluation.selection import (
     SelectionPolicy,
     evaluate_checkpoint,
     find_candidates,
@@ -19,6 +18,7 @@ from tasks.selection import (
     select_checkpoint,
     sha256_file,
 )
+from tests.plugins.data import copy_subset
 
 IMGSZ = 64
 TOE_DRAIN_FLOOR = {"toe_drain": {"AP50": 0.60}}
@@ -30,7 +30,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 def label_instances(split_dir: Path, names: list[str]) -> dict[str, int]:
     counts = Counter(
-        int(line.split()[0]) for f in (split_dir / "labels").glob("*.txt") for line in f.read_text().splitlines() if line.strip()
+        int(line.split()[0])
+        for f in (split_dir / "labels").glob("*.txt")
+        for line in f.read_text().splitlines()
+        if line.strip()
     )
     return {name: counts.get(i, 0) for i, name in enumerate(names)}
 
@@ -47,9 +50,19 @@ def trained_run(real_dataset, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("selection")
     data_yaml = copy_subset(real_dataset, root / "data", {"train": 6, "val": 4, "test": 2})
     YOLO("yolo11n.yaml").train(
-        data=str(data_yaml), imgsz=IMGSZ, epochs=2, batch=4, save_period=1, workers=0, plots=False,
+        data=str(data_yaml),
+        imgsz=IMGSZ,
+        epochs=2,
+        batch=4,
+        save_period=1,
+        workers=0,
+        plots=False,
         conf=0.25,  # as the guide's recipe did: training-time validation then differs from the protocol
-        device="cpu", project=str(root / "runs"), name="train", exist_ok=True, verbose=False,
+        device="cpu",
+        project=str(root / "runs"),
+        name="train",
+        exist_ok=True,
+        verbose=False,
     )
     for cache in data_yaml.parent.rglob("*.cache"):
         cache.unlink()
@@ -125,11 +138,15 @@ def test_evaluation_protocol_outputs_and_readonly_dataset(trained_run, tmp_path)
         # A class absent from the split has no rates; a present one has all of them.
         assert all(r is None for r in rates) if count == 0 else all(0.0 <= r <= 1.0 for r in rates)
 
-    test = evaluate_checkpoint(run_dir / "weights" / "best.pt", data_yaml, split="test", imgsz=IMGSZ, out_dir=tmp_path / "test")
+    test = evaluate_checkpoint(
+        run_dir / "weights" / "best.pt", data_yaml, split="test", imgsz=IMGSZ, out_dir=tmp_path / "test"
+    )
     assert {n: v["instances"] for n, v in test.metrics["per_class"].items()} == label_instances(dataset / "test", names)
 
     with pytest.raises(ValueError, match="no 'nope' split"):
-        evaluate_checkpoint(run_dir / "weights" / "best.pt", data_yaml, split="nope", imgsz=IMGSZ, out_dir=tmp_path / "x")
+        evaluate_checkpoint(
+            run_dir / "weights" / "best.pt", data_yaml, split="nope", imgsz=IMGSZ, out_dir=tmp_path / "x"
+        )
 
 
 def test_fitness_policy_picks_highest_reevaluated_fitness(fitness_selection):
@@ -189,8 +206,11 @@ def test_class_aware_falls_back_when_no_candidate_meets_floors(trained_run, fitn
     if (table["toe_drain/AP50"] >= 0.60).any():
         pytest.skip("a 2-epoch model reached toe_drain AP50 0.60: no fallback to show")
     result = select_checkpoint(
-        run_dir, data_yaml, SelectionPolicy(kind="class_aware", class_floors=TOE_DRAIN_FLOOR),
-        imgsz=IMGSZ, out_dir=tmp_path,
+        run_dir,
+        data_yaml,
+        SelectionPolicy(kind="class_aware", class_floors=TOE_DRAIN_FLOOR),
+        imgsz=IMGSZ,
+        out_dir=tmp_path,
     )
     assert result.fell_back
     assert "No candidate met the floors" in result.explanation[0] and "toe_drain AP50 >= 0.6" in result.explanation[0]
@@ -207,7 +227,9 @@ def test_class_aware_floor_on_class_absent_from_split_is_not_met(fitness_selecti
     policy = SelectionPolicy(kind="class_aware", class_floors={absent[0]: {"AP50": 0.0}})
     ranked, fell_back = rank_candidates(table, policy)
     assert fell_back and not ranked["meets_floors"].any()
-    ranked, fell_back = rank_candidates(table, SelectionPolicy(kind="class_aware", class_floors={"toe_drain": {"AP50": 0.0}}))
+    ranked, fell_back = rank_candidates(
+        table, SelectionPolicy(kind="class_aware", class_floors={"toe_drain": {"AP50": 0.0}})
+    )
     assert not fell_back and ranked["meets_floors"].all()
 
 
@@ -227,7 +249,9 @@ def test_policies_disagree_where_they_should():
     assert pick(SelectionPolicy()) == "best.pt"
     assert pick(SelectionPolicy(kind="mAP50")) == "last.pt"
     assert pick(SelectionPolicy(kind="class_aware", class_floors=TOE_DRAIN_FLOOR)) == "epoch4.pt"
-    ranked, fell_back = rank_candidates(table, SelectionPolicy(kind="class_aware", class_floors={"toe_drain": {"AP50": 0.9}}))
+    ranked, fell_back = rank_candidates(
+        table, SelectionPolicy(kind="class_aware", class_floors={"toe_drain": {"AP50": 0.9}})
+    )
     assert fell_back and ranked.loc[0, "candidate"] == "best.pt"
     with pytest.raises(ValueError, match="no such class"):
         rank_candidates(table, SelectionPolicy(kind="class_aware", class_floors={"culvert": {"AP50": 0.5}}))
@@ -243,7 +267,7 @@ def test_policy_validation():
 def test_promotion_gate_on_real_evaluations(fitness_selection):
     """The gate consumes the evaluation protocol's metrics as they are: it promotes a model that
     is not worse than production on the same split, and refuses one below a class floor."""
-    from tasks.registry import PromotionRule, decide_promotion
+    from phase2.registry.registry import PromotionRule, decide_promotion
 
     candidate = fitness_selection.val.metrics
     production = next(c for c in fitness_selection.candidates if c.name != fitness_selection.winner_name).val.metrics

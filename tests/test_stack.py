@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.prefect_stack import LocalStack, free_port
-from tasks.services import SeaweedFS, SeaweedPorts
+from phase2.infra.prefect_stack import LocalStack, free_port
+from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
 
 
 def _pids(stack: LocalStack) -> dict[str, int | None]:
@@ -20,8 +20,13 @@ def _pids(stack: LocalStack) -> dict[str, int | None]:
 
 def test_up_and_down_are_idempotent(tmp_path):
     state = tmp_path / "state"
-    stack = LocalStack(state, prefect_port=free_port(), ui=False, pool="idempotence",
-                       seaweedfs=SeaweedFS(state, ports=SeaweedPorts.free()))
+    stack = LocalStack(
+        state,
+        prefect_port=free_port(),
+        ui=False,
+        pool="idempotence",
+        seaweedfs=SeaweedFS(state, ports=SeaweedPorts.free()),
+    )
     try:
         stack.up(deploy=False)
         first = _pids(stack)
@@ -42,7 +47,12 @@ def test_up_and_down_are_idempotent(tmp_path):
 
 
 def test_cli_help_lists_every_command():
-    out = subprocess.run([str(Path(sys.executable).with_name("phase2")), "--help"], capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("phase2")), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     for command in ("validate", "rebalance", "history", "lint", "models", "up", "down", "status", "deploy", "run"):
         assert command in out

@@ -14,9 +14,16 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tasks.services import SeaweedFS, SeaweedPorts
-from tasks.settings import S3Settings
-from tasks.storage import IntegrityError, ObjectNotFound, ObjectStore, PreconditionFailed, StorageError, parse_uri
+from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
+from phase2.infra.settings import S3Settings
+from phase2.registry.storage import (
+    IntegrityError,
+    ObjectNotFound,
+    ObjectStore,
+    PreconditionFailed,
+    StorageError,
+    parse_uri,
+)
 
 
 def _random_file(path: Path, size: int) -> Path:
@@ -40,7 +47,10 @@ def test_round_trips_bytes_files_listing(object_store, tmp_path):
     got = object_store.get_file("a/b/w.bin", tmp_path / "out" / "w.bin")
     assert got.read_bytes() == src.read_bytes()
     assert object_store.head("a/b/w.bin") == {
-        "etag": object_store.head("a/b/w.bin")["etag"], "size": 300_000, "sha256": _sha(src)}
+        "etag": object_store.head("a/b/w.bin")["etag"],
+        "size": 300_000,
+        "sha256": _sha(src),
+    }
     assert object_store.list("a/") == ["a/b/w.bin", "a/one.txt"]
     assert object_store.list("a/b/") == ["a/b/w.bin"]
     assert object_store.exists("a/one.txt") and not object_store.exists("a/none")
@@ -91,8 +101,11 @@ def test_missing_bucket_is_a_clear_error(object_store):
 
 def test_endpoint_down_is_a_clear_error(tmp_path):
     port = SeaweedPorts.free().s3  # nothing listens there
-    store = ObjectStore(S3Settings(endpoint_url=f"http://127.0.0.1:{port}", access_key_id="a", secret_access_key="b"),
-                        max_attempts=2, connect_timeout=1)
+    store = ObjectStore(
+        S3Settings(endpoint_url=f"http://127.0.0.1:{port}", access_key_id="a", secret_access_key="b"),
+        max_attempts=2,
+        connect_timeout=1,
+    )
     with pytest.raises(StorageError, match=f"cannot reach S3 endpoint http://127.0.0.1:{port}"):
         store.put_file(_random_file(tmp_path / "f", 10), "k")
 
@@ -187,8 +200,11 @@ def test_server_not_serving_in_time_is_stopped_not_orphaned(tmp_path, monkeypatc
     ready_timeout start() must raise a clear TimeoutError and stop the server it launched."""
     server = SeaweedFS(tmp_path / "state", ports=SeaweedPorts.free(), ready_timeout=3)
     real_settings = SeaweedFS.settings
-    monkeypatch.setattr(SeaweedFS, "settings", lambda self: real_settings(self).model_copy(
-        update={"secret_access_key": SecretStr("not-the-server-secret")}))
+    monkeypatch.setattr(
+        SeaweedFS,
+        "settings",
+        lambda self: real_settings(self).model_copy(update={"secret_access_key": SecretStr("not-the-server-secret")}),
+    )
     with pytest.raises(TimeoutError, match="not serving S3 after 3 s"):
         server.start()
 
@@ -234,7 +250,14 @@ def test_restart_mid_upload_publishes_nothing_torn_and_recovers(tmp_path, reliab
         store.put_file(src, "ckpt/last.pt")  # the retry after restart works
         assert _sha(store.get_file("ckpt/last.pt", tmp_path / "back.pt")) == _sha(src)
         print("interrupted" if "error" in outcome else "completed before stop", outcome.get("error", ""))
-        reliability_log("fault", "SeaweedFS stopped during a 40 MB checkpoint upload, then restarted", expected="no partial object at the final key; retry after restart succeeds", observed="interrupted: nothing at the key" if "error" in outcome else "finished before the stop: whole object")
+        reliability_log(
+            "fault",
+            "SeaweedFS stopped during a 40 MB checkpoint upload, then restarted",
+            expected="no partial object at the final key; retry after restart succeeds",
+            observed="interrupted: nothing at the key"
+            if "error" in outcome
+            else "finished before the stop: whole object",
+        )
     finally:
         server.stop()
     assert not server.is_running()

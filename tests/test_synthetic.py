@@ -11,8 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks.settings import CLASS_NAMES
-from tasks.synthetic import DEMO_SETTINGS, generate_synthetic_dataset
+from phase2.dataset.synthetic import DEMO_SETTINGS, generate_synthetic_dataset
+from phase2.infra.settings import CLASS_NAMES
 
 SMALL = dict(n_train=12, n_val=6, n_test=4, imgsz=96)
 
@@ -26,7 +26,9 @@ def _digests(root: Path) -> dict[str, str]:
 
 
 def _labels(root: Path, split: str) -> list[list[str]]:
-    return [line.split() for f in sorted((root / split / "labels").glob("*.txt")) for line in f.read_text().splitlines()]
+    return [
+        line.split() for f in sorted((root / split / "labels").glob("*.txt")) for line in f.read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +86,14 @@ def test_images_decode_and_labels_are_valid_yolo_rows(small_dataset):
             assert row[0] in {"0", "1", "2", "3"}
             cx, cy, w, h = map(float, row[1:])
             assert 0 < w <= 1 and 0 < h <= 1
-            assert 0 <= cx - w / 2 + 1e-6 and cx + w / 2 - 1e-6 <= 1
-            assert 0 <= cy - h / 2 + 1e-6 and cy + h / 2 - 1e-6 <= 1
+            assert cx - w / 2 + 1e-6 >= 0 and cx + w / 2 - 1e-6 <= 1
+            assert cy - h / 2 + 1e-6 >= 0 and cy + h / 2 - 1e-6 <= 1
             # toe_drain, the smallest class, still spans several pixels
             assert min(w, h) * SMALL["imgsz"] >= 4
 
 
 def test_no_two_images_are_identical_or_near_duplicates(tmp_path):
-    data_yaml = generate_synthetic_dataset(
-        tmp_path / "d", seed=0, n_train=40, n_val=10, n_test=6, imgsz=96
-    )
+    data_yaml = generate_synthetic_dataset(tmp_path / "d", seed=0, n_train=40, n_val=10, n_test=6, imgsz=96)
     paths = sorted(data_yaml.parent.rglob("*.jpg"))
     assert len({hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}) == len(paths)
     hashes = [imagehash.phash(Image.open(p)) for p in paths]
@@ -117,11 +117,9 @@ def test_refuses_a_non_empty_target_and_leaves_it_alone(tmp_path):
 def test_train_baseline_returns_the_trained_best_pt(tmp_path):
     import torch
 
-    from tasks.synthetic import train_baseline
+    from phase2.dataset.synthetic import train_baseline
 
-    tiny = DEMO_SETTINGS.model_copy(
-        update=dict(imgsz=96, baseline=dict(epochs=1, batch=4, nbs=4, mosaic=0.0))
-    )
+    tiny = DEMO_SETTINGS.model_copy(update=dict(imgsz=96, baseline=dict(epochs=1, batch=4, nbs=4, mosaic=0.0)))
     data_yaml = generate_synthetic_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=1, imgsz=96)
     best = train_baseline(data_yaml, tmp_path / "runs", settings=tiny)
     assert best == tmp_path / "runs" / "baseline" / "weights" / "best.pt"
@@ -135,7 +133,7 @@ def test_demo_recipe_learns_the_scenes_to_map50_half(tmp_path):
     """The demo as `make run` does it: from-scratch baseline, then fine-tune; val mAP50 >= 0.5."""
     from ultralytics import YOLO
 
-    from tasks.synthetic import generate_demo_dataset, train_baseline, use_cpu_threads
+    from phase2.dataset.synthetic import generate_demo_dataset, train_baseline, use_cpu_threads
 
     s = DEMO_SETTINGS
     data_yaml = generate_demo_dataset(tmp_path / "data")
@@ -143,8 +141,17 @@ def test_demo_recipe_learns_the_scenes_to_map50_half(tmp_path):
     model = YOLO(str(baseline))
     use_cpu_threads(model, s.cpu_threads)
     model.train(
-        data=str(data_yaml), imgsz=s.imgsz, workers=0, device="cpu", plots=False, seed=s.seed,
-        deterministic=True, project=str(tmp_path / "runs"), name="finetune", exist_ok=True, **s.finetune,
+        data=str(data_yaml),
+        imgsz=s.imgsz,
+        workers=0,
+        device="cpu",
+        plots=False,
+        seed=s.seed,
+        deterministic=True,
+        project=str(tmp_path / "runs"),
+        name="finetune",
+        exist_ok=True,
+        **s.finetune,
     )
     metrics = YOLO(str(model.trainer.best)).val(
         data=str(data_yaml), imgsz=s.imgsz, device="cpu", plots=False, project=str(tmp_path / "runs"), name="val"

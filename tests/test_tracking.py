@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.tracking import Tracker, offline_history, read_offline_run, redact
+from phase2.infra.tracking import Tracker, offline_history, read_offline_run, redact
 
 
 def test_redact_drops_secret_like_keys_at_any_depth():
@@ -31,7 +31,12 @@ def test_offline_run_holds_one_history_row_per_epoch_and_no_secret(monkeypatch):
 
 def test_publish_refuses_clearly_without_a_key():
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
-    out = subprocess.run([str(Path(sys.executable).with_name("phase2")), "wandb", "publish"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("phase2")), "wandb", "publish"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert "needs WANDB_API_KEY" in out.stderr and "Traceback" not in out.stderr

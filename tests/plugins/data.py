@@ -8,14 +8,27 @@ from pathlib import Path
 
 import pytest
 
-from tasks.settings import configure_environment, real_dataset_dir
+from phase2.infra.settings import configure_environment, real_dataset_dir
 
 # A recipe small enough for tests: 2 epochs at 64 px on a handful of images.
 TINY_RECIPE = {
     "name": "tiny",
-    "train": {"model": "baseline", "epochs": 2, "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu",
-              "optimizer": "AdamW", "lr0": 0.001, "warmup_bias_lr": 0.001, "warmup_epochs": 0,
-              "mosaic": 0.0, "close_mosaic": 0, "save_period": 1, "plots": True},
+    "train": {
+        "model": "baseline",
+        "epochs": 2,
+        "imgsz": 64,
+        "batch": 4,
+        "workers": 0,
+        "device": "cpu",
+        "optimizer": "AdamW",
+        "lr0": 0.001,
+        "warmup_bias_lr": 0.001,
+        "warmup_epochs": 0,
+        "mosaic": 0.0,
+        "close_mosaic": 0,
+        "save_period": 1,
+        "plots": True,
+    },
     "rebalance": {"targets": {"toe_drain": 2}},
     "promotion": {"absolute_min": {"mAP50": 0.0}},
 }

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tasks.services import SeaweedFS, SeaweedPorts
-from tasks.settings import S3Settings
-from tasks.storage import ObjectStore
+from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
+from phase2.infra.settings import S3Settings
+from phase2.registry.storage import ObjectStore
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tasks import notifications
+from phase2.infra import notifications
 
 
 class WebhookReceiver:

@@ -46,8 +46,15 @@ def results_row_to_metrics(row: dict[str, Any]) -> dict[str, float]:
 class Tracker:
     """A W&B run that several tasks (and retries) share through its id."""
 
-    def __init__(self, run_id: str, *, project: str | None = None, name: str | None = None,
-                 config: dict[str, Any] | None = None, group: str | None = None):
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        project: str | None = None,
+        name: str | None = None,
+        config: dict[str, Any] | None = None,
+        group: str | None = None,
+    ):
         import wandb
 
         self._wandb = wandb
@@ -121,7 +128,10 @@ def read_offline_run(run_dir: Path) -> list[dict[str, Any]]:
     wandb_bin = Path(sys.executable).with_name("wandb")
     out = subprocess.run(
         [str(wandb_bin), "leet", "inspect", "--json", str(run_dir)],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip().startswith("{")]
 
@@ -173,8 +183,13 @@ def publish_offline_runs(wandb_dir: Path, *, registry_collection: str, project: 
         marker = run_dir / ".phase2-published"
         if marker.exists():
             continue
-        subprocess.run([str(wandb_bin), "sync", "--project", project, "--entity", entity, str(run_dir)],
-                       check=True, capture_output=True, text=True, timeout=1800)
+        subprocess.run(
+            [str(wandb_bin), "sync", "--project", project, "--entity", entity, str(run_dir)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         run_id = run_dir.name.rsplit("-", 1)[-1]
         run = api.run(f"{entity}/{project}/{run_id}")
         for artifact in run.logged_artifacts():

@@ -14,22 +14,28 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.settings import configure_environment, state_dir
+from phase2.infra.settings import configure_environment, state_dir
 
 
 def prepare_demo(root: Path | None = None) -> tuple[Path, Path]:
     """(data.yaml, baseline best.pt) of the demo; both cached in the state dir once made."""
     configure_environment()
-    from tasks.synthetic import DEMO_SETTINGS, generate_synthetic_dataset, train_baseline
+    from phase2.dataset.synthetic import DEMO_SETTINGS, generate_synthetic_dataset, train_baseline
 
     root = root or state_dir() / "demo"
     data_yaml = root / "data" / "data.yaml"
     if not data_yaml.is_file():
         settings = DEMO_SETTINGS
         print(f"generating synthetic demo data in {data_yaml.parent}", flush=True)
-        generate_synthetic_dataset(data_yaml.parent, seed=settings.seed, n_train=settings.n_train,
-                                   n_val=settings.n_val, n_test=settings.n_test, imgsz=settings.imgsz,
-                                   toe_drain_train_fraction=settings.toe_drain_train_fraction)
+        generate_synthetic_dataset(
+            data_yaml.parent,
+            seed=settings.seed,
+            n_train=settings.n_train,
+            n_val=settings.n_val,
+            n_test=settings.n_test,
+            imgsz=settings.imgsz,
+            toe_drain_train_fraction=settings.toe_drain_train_fraction,
+        )
     baseline = root / "baseline" / "baseline.pt"
     if not baseline.is_file():
         print("training the from-scratch phase-1 baseline (yolo11n) on it", flush=True)
@@ -43,13 +49,28 @@ def prepare_demo(root: Path | None = None) -> tuple[Path, Path]:
     return data_yaml, baseline
 
 
-def trigger_training(env: dict[str, str], *, data: Path, baseline: str, recipe: str,
-                     timeout: int, deployment: str = "phase2/train") -> dict[str, object]:
+def trigger_training(
+    env: dict[str, str], *, data: Path, baseline: str, recipe: str, timeout: int, deployment: str = "phase2/train"
+) -> dict[str, object]:
     """`prefect deployment run … --watch`, streamed; returns the run's summary."""
     prefect = str(Path(sys.executable).with_name("prefect"))
-    command = [prefect, "deployment", "run", deployment, "--param", f"data={data}",
-               "--param", f"baseline={baseline}", "--param", f"recipe_name={recipe}",
-               "--watch", "--watch-interval", "2", "--watch-timeout", str(timeout)]
+    command = [
+        prefect,
+        "deployment",
+        "run",
+        deployment,
+        "--param",
+        f"data={data}",
+        "--param",
+        f"baseline={baseline}",
+        "--param",
+        f"recipe_name={recipe}",
+        "--watch",
+        "--watch-interval",
+        "2",
+        "--watch-timeout",
+        str(timeout),
+    ]
     print("$ " + " ".join(command[1:]), flush=True)
     flow_run_id = None
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -59,8 +80,10 @@ def trigger_training(env: dict[str, str], *, data: Path, baseline: str, recipe: 
         if flow_run_id is None and (m := re.search(r"UUID:\s*([0-9a-f-]{36})", line)):
             flow_run_id = m.group(1)
     proc.wait()
-    summary: dict[str, object] = {"state": "COMPLETED" if proc.returncode == 0 else "FAILED",
-                                  "flow_run_id": flow_run_id}
+    summary: dict[str, object] = {
+        "state": "COMPLETED" if proc.returncode == 0 else "FAILED",
+        "flow_run_id": flow_run_id,
+    }
     result_file = Path(env["PHASE2_STATE_DIR"]) / "pipeline" / "flow-runs" / f"{flow_run_id}.json"
     if result_file.is_file():
         summary.update(json.loads(result_file.read_text()))

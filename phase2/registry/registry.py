@@ -27,14 +27,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasks.settings import DEFAULT_MODEL_NAME, git_sha, state_dir
-from tasks.storage import (
+from phase2.infra.settings import DEFAULT_MODEL_NAME, git_sha, state_dir
+from phase2.registry.storage import (
     IntegrityError,
     ObjectNotFound,
     ObjectStore,
@@ -45,8 +45,14 @@ from tasks.storage import (
 )
 
 __all__ = [
-    "IntegrityError", "ModelVersion", "PromotionConflict", "PromotionDecision", "PromotionRule",
-    "Registry", "RegistryError", "decide_promotion",
+    "IntegrityError",
+    "ModelVersion",
+    "PromotionConflict",
+    "PromotionDecision",
+    "PromotionRule",
+    "Registry",
+    "RegistryError",
+    "decide_promotion",
 ]
 
 MANIFEST = "manifest.json"
@@ -111,7 +117,9 @@ def _installed_version(package: str) -> str | None:
 def _check_relpath(relpath: str) -> str:
     path = PurePosixPath(relpath)
     if path.is_absolute() or ".." in path.parts or not path.parts or relpath in (MANIFEST, CLAIM) or "\\" in relpath:
-        raise RegistryError(f"bad file name {relpath!r} for a model version: use a relative path like 'weights/best.pt'")
+        raise RegistryError(
+            f"bad file name {relpath!r} for a model version: use a relative path like 'weights/best.pt'"
+        )
     return str(path)
 
 
@@ -181,14 +189,18 @@ class Registry:
             relpath = _check_relpath(relpath)
             entries[relpath] = FileEntry(sha256=sha256_file(local), size=local.stat().st_size)
             sources[relpath] = local
-        owner = f"{datetime.now(timezone.utc).isoformat()} {random.getrandbits(64):016x}"
+        owner = f"{datetime.now(UTC).isoformat()} {random.getrandbits(64):016x}"
         version = self._claim_version(owner)
         for relpath, local in sources.items():
-            self.store.put_file(local, self._version_prefix(version) + relpath, if_none_match=True,
-                                sha256=entries[relpath].sha256)
+            self.store.put_file(
+                local, self._version_prefix(version) + relpath, if_none_match=True, sha256=entries[relpath].sha256
+            )
         manifest = ModelVersion(
-            name=self.name, version=version, files=entries,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta.model_dump(),
+            name=self.name,
+            version=version,
+            files=entries,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            **meta.model_dump(),
         )
         body = manifest.model_dump_json(indent=2).encode()
         try:
@@ -208,8 +220,10 @@ class Registry:
             raise RegistryError(f"{self.name}:v{version} does not exist (no manifest)") from None
         manifest = ModelVersion.model_validate_json(data)
         if (manifest.name, manifest.version) != (self.name, version):
-            raise IntegrityError(f"{self.store.uri(self._manifest_key(version))} describes "
-                                 f"{manifest.name}:v{manifest.version}, not {self.name}:v{version}")
+            raise IntegrityError(
+                f"{self.store.uri(self._manifest_key(version))} describes "
+                f"{manifest.name}:v{manifest.version}, not {self.name}:v{version}"
+            )
         return manifest
 
     def list_versions(self) -> list[ModelVersion]:
@@ -335,11 +349,16 @@ class Registry:
         cache = Path(cache_dir or state_dir() / "cache")
         if uri_or_ref.startswith("s3://"):
             bucket, key = parse_uri(uri_or_ref)
-            store = self.store if bucket == self.store.bucket else ObjectStore(
-                self.store.settings.model_copy(update={"bucket": bucket}))
+            store = (
+                self.store
+                if bucket == self.store.bucket
+                else ObjectStore(self.store.settings.model_copy(update={"bucket": bucket}))
+            )
             expected = store.head(key)["sha256"]
             if not expected:
-                raise IntegrityError(f"{uri_or_ref} has no sha256 metadata; upload it with phase2 (or pass a local path)")
+                raise IntegrityError(
+                    f"{uri_or_ref} has no sha256 metadata; upload it with phase2 (or pass a local path)"
+                )
             dest = cache / "s3" / bucket / key
             if dest.is_file() and sha256_file(dest) == expected:
                 return dest
@@ -356,7 +375,7 @@ class Registry:
 
     # --- promotion ----------------------------------------------------------------------
 
-    def apply_promotion(self, decision: "PromotionDecision", version: int) -> dict[str, int]:
+    def apply_promotion(self, decision: PromotionDecision, version: int) -> dict[str, int]:
         """``candidate`` -> version always; ``production`` -> version when the decision says so,
         and only if production is still the version the decision compared against."""
         self.set_alias("candidate", version)
@@ -392,9 +411,11 @@ class PromotionRule(BaseModel):
     metric: OverallMetric = "mAP50-95"
     max_drop: float = Field(0.0, ge=0, description="candidate may be at most this much below production")
     per_class_min: dict[str, dict[ClassMetric, float]] = Field(
-        default_factory=dict, description='e.g. {"toe_drain": {"AP50": 0.6}}; always applies')
+        default_factory=dict, description='e.g. {"toe_drain": {"AP50": 0.6}}; always applies'
+    )
     absolute_min: dict[OverallMetric, float] = Field(
-        default_factory=dict, description="overall minimums a first model (no production yet) must reach")
+        default_factory=dict, description="overall minimums a first model (no production yet) must reach"
+    )
 
     @field_validator("per_class_min")
     @classmethod
@@ -426,11 +447,16 @@ class PromotionDecision(BaseModel):
 
         mark = {True: "pass", False: "FAIL", None: ""}
         lines = [
-            f"**Decision: {'PROMOTE' if self.promote else 'KEEP current production'}**", "",
-            *(f"- {reason}" for reason in self.reasons), "",
-            "| metric | candidate | production | requirement | result |", "|---|---|---|---|---|",
-            *(f"| {r.metric} | {fmt(r.candidate)} | {fmt(r.production)} | {r.requirement} | {mark[r.passed]} |"
-              for r in self.rows),
+            f"**Decision: {'PROMOTE' if self.promote else 'KEEP current production'}**",
+            "",
+            *(f"- {reason}" for reason in self.reasons),
+            "",
+            "| metric | candidate | production | requirement | result |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {r.metric} | {fmt(r.candidate)} | {fmt(r.production)} | {r.requirement} | {mark[r.passed]} |"
+                for r in self.rows
+            ),
         ]
         return "\n".join(lines) + "\n"
 
@@ -448,8 +474,9 @@ def _value(metrics: dict | None, *path: str) -> float | None:
     return None if math.isnan(value) else value
 
 
-def decide_promotion(candidate_metrics: dict, production_metrics: dict | None, rule: PromotionRule,
-                     production_version: int | None = None) -> PromotionDecision:
+def decide_promotion(
+    candidate_metrics: dict, production_metrics: dict | None, rule: PromotionRule, production_version: int | None = None
+) -> PromotionDecision:
     """Apply ``rule``. Metrics: ``{"overall": {...}, "per_class": {class: {...}}}`` as produced by
     the evaluation; missing or NaN values fail their check."""
     rows: list[ComparisonRow] = []
@@ -458,7 +485,9 @@ def decide_promotion(candidate_metrics: dict, production_metrics: dict | None, r
 
     def check(metric: str, candidate: float | None, production: float | None, minimum: float, text: str) -> None:
         ok = candidate is not None and candidate >= minimum - 1e-12
-        rows.append(ComparisonRow(metric=metric, candidate=candidate, production=production, requirement=text, passed=ok))
+        rows.append(
+            ComparisonRow(metric=metric, candidate=candidate, production=production, requirement=text, passed=ok)
+        )
         shown = "missing" if candidate is None else f"{candidate:.4f}"
         (passes if ok else failures).append(f"{metric} = {shown} (needs {text})")
 
@@ -469,7 +498,13 @@ def decide_promotion(candidate_metrics: dict, production_metrics: dict | None, r
                 failures.append(f"production has no {metric} to compare against")
                 rows.append(ComparisonRow(metric=metric, candidate=cand, production=None, passed=False))
             else:
-                check(metric, cand, prod, prod - rule.max_drop, f">= {prod - rule.max_drop:.4f} (production - {rule.max_drop})")
+                check(
+                    metric,
+                    cand,
+                    prod,
+                    prod - rule.max_drop,
+                    f">= {prod - rule.max_drop:.4f} (production - {rule.max_drop})",
+                )
         elif production_metrics is None and metric in rule.absolute_min:
             check(metric, cand, None, rule.absolute_min[metric], f">= {rule.absolute_min[metric]} (first model)")
         else:
@@ -486,14 +521,23 @@ def decide_promotion(candidate_metrics: dict, production_metrics: dict | None, r
                 check(f"{name} {metric}", cand, prod, minimum, f">= {minimum}")
         for metric, minimum in rule.per_class_min.get(name, {}).items():
             if metric not in ("AP50", "AP50-95"):
-                check(f"{name} {metric}", _value(candidate_metrics, "per_class", name, metric),
-                      _value(production_metrics, "per_class", name, metric), minimum, f">= {minimum}")
+                check(
+                    f"{name} {metric}",
+                    _value(candidate_metrics, "per_class", name, metric),
+                    _value(production_metrics, "per_class", name, metric),
+                    minimum,
+                    f">= {minimum}",
+                )
     promote = not failures
     if production_metrics is None:
-        headline = "no production model yet: " + ("first model meets the absolute targets" if promote else "first model misses its targets")
+        headline = "no production model yet: " + (
+            "first model meets the absolute targets" if promote else "first model misses its targets"
+        )
     else:
         headline = "candidate " + ("passes" if promote else "fails") + " the rule against production"
     return PromotionDecision(
-        promote=promote, reasons=[headline, *(f"FAIL {f}" for f in failures), *(f"ok {p}" for p in passes)],
-        rows=rows, production_version=production_version,
+        promote=promote,
+        reasons=[headline, *(f"FAIL {f}" for f in failures), *(f"ok {p}" for p in passes)],
+        rows=rows,
+        production_version=production_version,
     )

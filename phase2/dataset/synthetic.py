@@ -21,7 +21,7 @@ import yaml
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.settings import CLASS_NAMES, PROJECT_ROOT
+from phase2.infra.settings import CLASS_NAMES, PROJECT_ROOT
 
 ROCK_TOE, SLOPE_DRAIN, TOE_DRAIN, VEGETATION = range(len(CLASS_NAMES))
 SPLITS = ("train", "val", "test")
@@ -67,9 +67,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     cells = int(rng.integers(3, 7))
     # Mostly brightness with a little tint, so the ground stays earth-coloured.
     coarse = rng.uniform(-1, 1, (cells, cells, 1)) * rng.uniform(10, 30) + rng.uniform(-6, 6, (cells, cells, 3))
-    shading = Image.fromarray(((coarse + 128).clip(0, 255)).astype(np.uint8)).resize(
-        (size, size), Image.BILINEAR
-    )
+    shading = Image.fromarray(((coarse + 128).clip(0, 255)).astype(np.uint8)).resize((size, size), Image.BILINEAR)
     grain = rng.normal(0, rng.uniform(4, 10), (size, size, 1))
     pixels = base + (np.asarray(shading, dtype=float) - 128) + grain
     return pixels.clip(0, 255).astype(np.uint8)
@@ -323,7 +321,7 @@ def use_cpu_threads(model: Any, threads: int) -> None:
 def train_baseline(data_yaml: Path, out_dir: Path, *, settings: DemoSettings = DEMO_SETTINGS) -> Path:
     """Train the from-scratch "phase 1" yolo11n on `data_yaml`; returns its best.pt.
 
-    Call tasks.settings.configure_environment() first (offline Ultralytics).
+    Call phase2.infra.settings.configure_environment() first (offline Ultralytics).
     """
     from ultralytics import YOLO
 

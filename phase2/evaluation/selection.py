@@ -6,7 +6,7 @@
 - :func:`select_checkpoint` re-evaluates every checkpoint of a run and picks one by a
   :class:`SelectionPolicy`, explaining any gap to the numbers seen during training.
 
-Ultralytics is imported inside functions: call ``tasks.settings.configure_environment()`` first.
+Ultralytics is imported inside functions: call ``phase2.infra.settings.configure_environment()`` first.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.hashing import sha256_file
+from phase2.infra.files import sha256_file
 
 # results.csv column -> our metric name; higher is better for all of them.
 METRIC_COLUMNS = {
@@ -96,8 +96,7 @@ class HistorySummary(BaseModel):
         lines = [
             f"### Training history: `{self.source}`",
             "",
-            f"- epochs run: {self.epochs_run}"
-            + (f" of {self.planned_epochs} planned" if self.planned_epochs else ""),
+            f"- epochs run: {self.epochs_run}" + (f" of {self.planned_epochs} planned" if self.planned_epochs else ""),
             f"- stop reason: {self.stop_reason}",
             f"- best epoch by fitness ({self.fitness_formula}): {self.best_epoch}",
             "",
@@ -160,9 +159,7 @@ def _stats(epochs: pd.Series, values: pd.Series, higher_is_better: bool) -> Metr
     )
 
 
-def summarize_history(
-    results_csv: Path, *, patience: int | None = None, epochs: int | None = None
-) -> HistorySummary:
+def summarize_history(results_csv: Path, *, patience: int | None = None, epochs: int | None = None) -> HistorySummary:
     """Best/worst/mean/last of each metric and why training stopped.
 
     ``patience``/``epochs`` default to the ``args.yaml`` next to results.csv when present.
@@ -253,7 +250,7 @@ def _dataset_view(data_yaml: Path, split: str, view: Path) -> Path:
     """
     from ultralytics.data.utils import img2label_paths
 
-    from tasks.dataset_validation import resolve_split_images
+    from phase2.dataset.validation import resolve_split_images
 
     names = yaml.safe_load(Path(data_yaml).read_text()).get("names")
     images = resolve_split_images(data_yaml).get(split)
@@ -412,7 +409,7 @@ class SelectionPolicy(BaseModel):
     class_floors: dict[str, dict[Literal["precision", "recall", "AP50", "AP50-95"], float]] = {}
 
     @model_validator(mode="after")
-    def _floors_match_kind(self) -> "SelectionPolicy":
+    def _floors_match_kind(self) -> SelectionPolicy:
         if self.kind == "class_aware" and not self.class_floors:
             raise ValueError('class_aware needs class_floors, e.g. {"toe_drain": {"AP50": 0.60}}')
         if self.kind != "class_aware" and self.class_floors:
@@ -691,13 +688,13 @@ def select_checkpoint(
     test = None
     data = yaml.safe_load(data_yaml.read_text()) or {}
     if data.get("test"):
-        test = evaluate_checkpoint(winner.path, data_yaml, split="test", out_dir=out_dir / "test" / winner.path.stem, **evaluate)
+        test = evaluate_checkpoint(
+            winner.path, data_yaml, split="test", out_dir=out_dir / "test" / winner.path.stem, **evaluate
+        )
 
     explanation = []
     if fell_back:
-        explanation.append(
-            f"No candidate met the floors ({policy.describe()}); fell back to the best mAP50-95."
-        )
+        explanation.append(f"No candidate met the floors ({policy.describe()}); fell back to the best mAP50-95.")
     explanation += explain_gap(winner, protocol, data_yaml)
     result = SelectionResult(
         winner=winner.path,

@@ -18,8 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tasks.services import SeaweedFS, process_alive, stop_process_group
-from tasks.settings import PROJECT_ROOT, configure_environment, state_dir
+from phase2.infra.seaweedfs import SeaweedFS, process_alive, stop_process_group
+from phase2.infra.settings import PROJECT_ROOT, configure_environment, state_dir
 
 DEFAULT_PORT = 4200
 DEFAULT_POOL = "phase2-process"
@@ -60,8 +60,13 @@ class _Managed:
     def _spawn(self, command: list[str], env: dict[str, str], **extra) -> int:
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
-                command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                command,
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self.record_file.write_text(json.dumps({"pid": proc.pid, "command": command, **extra}))
         return proc.pid
@@ -106,15 +111,14 @@ class PrefectServer(_Managed):
         except OSError:
             return False
 
-    def start(self, timeout: float = 90.0) -> "PrefectServer":
+    def start(self, timeout: float = 90.0) -> PrefectServer:
         with self._lock():
             if not self.is_running():
                 env = {**os.environ, **configure_environment(self.state)}
                 env.pop("PREFECT_API_URL", None)
                 # A queued run re-checks the deployment's concurrency slot every N s (default 30).
                 env.setdefault("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", "5")
-                command = [_prefect_bin(), "server", "start", "--host", "127.0.0.1",
-                           "--port", str(self.requested_port)]
+                command = [_prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(self.requested_port)]
                 if not self.ui:
                     command.append("--no-ui")
                 self._spawn(command, env, port=self.requested_port)
@@ -135,28 +139,41 @@ class PrefectWorker(_Managed):
         super().__init__(state)
         self.pool = pool
 
-    def start(self, env: dict[str, str]) -> "PrefectWorker":
+    def start(self, env: dict[str, str]) -> PrefectWorker:
         with self._lock():
             if not self.is_running():
-                self._spawn([_prefect_bin(), "worker", "start", "--pool", self.pool,
-                             "--install-policy", "never"], env, pool=self.pool)
+                self._spawn(
+                    [_prefect_bin(), "worker", "start", "--pool", self.pool, "--install-policy", "never"],
+                    env,
+                    pool=self.pool,
+                )
         return self
 
 
 def run_prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a `prefect` CLI command; raise with its output on failure."""
-    proc = subprocess.run([_prefect_bin(), *args], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [_prefect_bin(), *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"prefect {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"prefect {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
     return proc
 
 
 class LocalStack:
     """SeaweedFS + Prefect server + process pool + deployments + worker, under one state dir."""
 
-    def __init__(self, state: Path | None = None, *, prefect_port: int | None = None, ui: bool = True,
-                 pool: str = DEFAULT_POOL, seaweedfs: SeaweedFS | None = None):
+    def __init__(
+        self,
+        state: Path | None = None,
+        *,
+        prefect_port: int | None = None,
+        ui: bool = True,
+        pool: str = DEFAULT_POOL,
+        seaweedfs: SeaweedFS | None = None,
+    ):
         self.state = (state or state_dir()).resolve()
         self.s3 = seaweedfs or SeaweedFS(self.state)
         self.server = PrefectServer(self.state, port=prefect_port, ui=ui)
@@ -189,8 +206,19 @@ class LocalStack:
     def deploy(self, env: dict[str, str] | None = None) -> None:
         """Pool and deployments, idempotently (create --overwrite; deploy updates in place)."""
         env = env or self.env()
-        run_prefect(["work-pool", "create", self.pool, "--type", "process", "--overwrite",
-                     "--base-job-template", str(PROJECT_ROOT / "deployments" / "process.json")], env)
+        run_prefect(
+            [
+                "work-pool",
+                "create",
+                self.pool,
+                "--type",
+                "process",
+                "--overwrite",
+                "--base-job-template",
+                str(PROJECT_ROOT / "deployments" / "process.json"),
+            ],
+            env,
+        )
         run_prefect(["deploy", "--all"], env, timeout=600)
 
     def down(self) -> None:
@@ -202,7 +230,10 @@ class LocalStack:
         return {
             "state_dir": str(self.state),
             "s3": {"running": self.s3.is_running(), "endpoint": self.s3.endpoint, "bucket": self.s3.bucket},
-            "prefect_server": {"running": self.server.is_running(), "api": self.server.api_url,
-                               "ui": self.server.api_url.removesuffix("/api")},
+            "prefect_server": {
+                "running": self.server.is_running(),
+                "api": self.server.api_url,
+                "ui": self.server.api_url.removesuffix("/api"),
+            },
             "worker": {"running": self.worker.is_running(), "pool": self.pool},
         }

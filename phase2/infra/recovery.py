@@ -19,8 +19,8 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from tasks import services
-from tasks.settings import state_dir
+from phase2.infra import seaweedfs as services
+from phase2.infra.settings import state_dir
 
 FLOW_NAME = "phase2"
 FAULTS_VARIABLE = "phase2_faults"
@@ -54,14 +54,21 @@ def process_alive(pid: int, flow_run_id: UUID | str | None = None) -> bool:
 
 def find_orphaned_runs(client) -> list[OrphanedRun]:
     """Pending/Running/Cancelling runs of the phase2 flow in process pools whose process is gone."""
-    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
-                                                FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
-    active = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-        any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING])))
-    runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-                                 flow_run_filter=active)
+    active = FlowRunFilter(
+        state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING])
+        )
+    )
+    runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])), flow_run_filter=active)
     pool_types: dict[str, str] = {}
     orphans = []
     for run in runs:
@@ -73,9 +80,16 @@ def find_orphaned_runs(client) -> list[OrphanedRun]:
             continue
         pid = int(run.infrastructure_pid)
         if not process_alive(pid, run.id):
-            orphans.append(OrphanedRun(id=run.id, name=run.name, deployment_id=run.deployment_id,
-                                       work_pool=run.work_pool_name, state=run.state.type.value,
-                                       infrastructure_pid=pid))
+            orphans.append(
+                OrphanedRun(
+                    id=run.id,
+                    name=run.name,
+                    deployment_id=run.deployment_id,
+                    work_pool=run.work_pool_name,
+                    state=run.state.type.value,
+                    infrastructure_pid=pid,
+                )
+            )
     return orphans
 
 
@@ -84,19 +98,22 @@ def recover_orphaned_runs(*, dry_run: bool = False, notify: bool = True) -> list
     from prefect.client.orchestration import get_client
     from prefect.states import Crashed
 
-    from tasks import notifications
+    from phase2.infra import notifications
 
     with get_client(sync_client=True) as client:
         orphans = find_orphaned_runs(client)
         if dry_run:
             return orphans
         for orphan in orphans:
-            state = Crashed(message=f"flow-run process {orphan.infrastructure_pid} is gone (worker died); "
-                                    "marked crashed by `phase2 recover`")
+            state = Crashed(
+                message=f"flow-run process {orphan.infrastructure_pid} is gone (worker died); "
+                "marked crashed by `phase2 recover`"
+            )
             client.set_flow_run_state(orphan.id, state, force=True)
             if notify:
-                notifications.send(notifications.flow_run_notification(
-                    "crashed", client.read_flow_run(orphan.id), state))
+                notifications.send(
+                    notifications.flow_run_notification("crashed", client.read_flow_run(orphan.id), state)
+                )
     return orphans
 
 

@@ -6,7 +6,7 @@ Everything is read from the files the pipeline already wrote under ``<state>/pip
 detection tiles, the promotion decision, task timings). :func:`build_html_report` tolerates any
 missing part: the section then says what is missing.
 
-Ultralytics is imported inside functions: call ``tasks.settings.configure_environment()`` first.
+Ultralytics is imported inside functions: call ``phase2.infra.settings.configure_environment()`` first.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 import mimetypes
 import shutil
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel
 
-from tasks.settings import MINORITY_CLASS, state_dir
+from phase2.infra.settings import MINORITY_CLASS, state_dir
 
 REPORT_DIR = "report"
 PER_CLASS_KEYS = ("precision", "recall", "AP50", "AP50-95")
@@ -88,17 +88,20 @@ def task_timings(flow_run_id: str) -> list[TaskTiming]:
     timings = []
     for run in sorted(runs, key=lambda r: (r.start_time is None, r.start_time or r.expected_start_time)):
         duration = (run.end_time - run.start_time).total_seconds() if run.start_time and run.end_time else None
-        timings.append(TaskTiming(
-            task=run.name, state=run.state.type.value if run.state else "UNKNOWN",
-            start=run.start_time.isoformat(timespec="seconds") if run.start_time else None,
-            end=run.end_time.isoformat(timespec="seconds") if run.end_time else None,
-            duration_s=round(duration, 1) if duration is not None else None,
-        ))
+        timings.append(
+            TaskTiming(
+                task=run.name,
+                state=run.state.type.value if run.state else "UNKNOWN",
+                start=run.start_time.isoformat(timespec="seconds") if run.start_time else None,
+                end=run.end_time.isoformat(timespec="seconds") if run.end_time else None,
+                duration_s=round(duration, 1) if duration is not None else None,
+            )
+        )
     return timings
 
 
 def _val_images(data_yaml: Path) -> list[Path]:
-    from tasks.dataset_validation import resolve_split_images
+    from phase2.dataset.validation import resolve_split_images
 
     return sorted(resolve_split_images(Path(data_yaml)).get("val", []), key=lambda p: p.name)
 
@@ -117,8 +120,16 @@ def _label_rows(image: Path) -> list[tuple[int, float, float, float, float]]:
     return rows
 
 
-def render_detections(weights: Path, data_yaml: Path, out_dir: Path, *, imgsz: int, conf: float = 0.25,
-                      max_images: int = 12, tile_width: int = 480) -> Path:
+def render_detections(
+    weights: Path,
+    data_yaml: Path,
+    out_dir: Path,
+    *,
+    imgsz: int,
+    conf: float = 0.25,
+    max_images: int = 12,
+    tile_width: int = 480,
+) -> Path:
     """Val images with ground-truth (green) and predicted (red) boxes, minority-class images first.
 
     Writes ``NN_<name>.jpg`` tiles and ``detections.json`` (one record per tile) into ``out_dir``;
@@ -145,28 +156,38 @@ def render_detections(weights: Path, data_yaml: Path, out_dir: Path, *, imgsz: i
         tile = tile.resize((tile_width, max(1, round(tile.height * scale))))
         draw = ImageDraw.Draw(tile)
         for class_id, cx, cy, w, h in truth:
-            box = ((cx - w / 2) * tile.width, (cy - h / 2) * tile.height, (cx + w / 2) * tile.width,
-                   (cy + h / 2) * tile.height)
+            box = (
+                (cx - w / 2) * tile.width,
+                (cy - h / 2) * tile.height,
+                (cx + w / 2) * tile.width,
+                (cy + h / 2) * tile.height,
+            )
             draw.rectangle(box, outline=(0, 200, 0), width=2)
-            draw.text((box[0] + 2, box[1] + 1), names[class_id] if class_id < len(names) else str(class_id),
-                      fill=(0, 200, 0))
+            draw.text(
+                (box[0] + 2, box[1] + 1), names[class_id] if class_id < len(names) else str(class_id), fill=(0, 200, 0)
+            )
         predictions = []
-        for xyxy, class_id, score in zip(result.boxes.xyxy.tolist(), result.boxes.cls.tolist(),
-                                         result.boxes.conf.tolist()):
+        for xyxy, class_id, score in zip(
+            result.boxes.xyxy.tolist(), result.boxes.cls.tolist(), result.boxes.conf.tolist()
+        ):
             box = [v * scale for v in xyxy]
             draw.rectangle(box, outline=(230, 30, 30), width=2)
             draw.text((box[0] + 2, box[3] - 11), f"{names[int(class_id)]} {score:.2f}", fill=(230, 30, 30))
             predictions.append({"class": names[int(class_id)], "conf": round(float(score), 3)})
         tile_path = out_dir / f"{index:02d}_{image.stem}.jpg"
         tile.save(tile_path, quality=85)
-        records.append({"tile": tile_path.name, "image": str(image),
-                        "ground_truth": [names[r[0]] if r[0] < len(names) else str(r[0]) for r in truth],
-                        "predictions": predictions})
+        records.append(
+            {
+                "tile": tile_path.name,
+                "image": str(image),
+                "ground_truth": [names[r[0]] if r[0] < len(names) else str(r[0]) for r in truth],
+                "predictions": predictions,
+            }
+        )
     if records:
         _montage([out_dir / r["tile"] for r in records], out_dir / "grid.jpg")
     manifest = out_dir / "detections.json"
-    manifest.write_text(json.dumps({"conf": conf, "imgsz": imgsz, "weights": str(weights), "tiles": records},
-                                   indent=2))
+    manifest.write_text(json.dumps({"conf": conf, "imgsz": imgsz, "weights": str(weights), "tiles": records}, indent=2))
     return manifest
 
 
@@ -184,9 +205,17 @@ def _montage(tiles: list[Path], out: Path, columns: int = 4) -> None:
     grid.save(out, quality=85)
 
 
-def prepare_report_inputs(work_dir: Path, *, data_yaml: Path, winner_weights: Path, imgsz: int,
-                          baseline_reference: str, baseline_weights: Path | None,
-                          promotion: dict[str, Any] | None, timings: list[TaskTiming] | None) -> Path:
+def prepare_report_inputs(
+    work_dir: Path,
+    *,
+    data_yaml: Path,
+    winner_weights: Path,
+    imgsz: int,
+    baseline_reference: str,
+    baseline_weights: Path | None,
+    promotion: dict[str, Any] | None,
+    timings: list[TaskTiming] | None,
+) -> Path:
     """Write what only the report step knows into ``work_dir/report/``; returns that directory.
 
     - ``baseline-eval/``: the baseline evaluated under the selection protocol (val split of the
@@ -194,7 +223,7 @@ def prepare_report_inputs(work_dir: Path, *, data_yaml: Path, winner_weights: Pa
     - ``detections/``: see :func:`render_detections`.
     - ``promotion.json``, ``timings.json``.
     """
-    from tasks.selection import evaluate_checkpoint
+    from phase2.evaluation.selection import evaluate_checkpoint
 
     report_dir = Path(work_dir) / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -203,8 +232,9 @@ def prepare_report_inputs(work_dir: Path, *, data_yaml: Path, winner_weights: Pa
         baseline["status"] = "not evaluated: the baseline is not a .pt checkpoint (training started from scratch)"
     else:
         try:
-            evaluated = evaluate_checkpoint(Path(baseline_weights), data_yaml, split="val", imgsz=imgsz,
-                                            out_dir=report_dir / "baseline-eval")
+            evaluated = evaluate_checkpoint(
+                Path(baseline_weights), data_yaml, split="val", imgsz=imgsz, out_dir=report_dir / "baseline-eval"
+            )
             baseline.update(status="evaluated", weights=str(evaluated.weights), sha256=evaluated.weights_sha256)
         except ValueError as error:  # e.g. a baseline with other classes: not comparable
             baseline["status"] = f"not evaluated: {error}"
@@ -284,8 +314,10 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def report_tables(work_dir: Path, registry_version: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
     """The key tables as rows (Prefect table artifacts, W&B tables): per-class comparison, timings."""
     comparison = per_class_comparison(model_metrics(work_dir, registry_version))
-    return {"per-class-comparison": _records(comparison),
-            "timings": _read_json(Path(work_dir) / REPORT_DIR / "timings.json") or []}
+    return {
+        "per-class-comparison": _records(comparison),
+        "timings": _read_json(Path(work_dir) / REPORT_DIR / "timings.json") or [],
+    }
 
 
 def wandb_images(work_dir: Path) -> dict[str, Path]:
@@ -389,33 +421,69 @@ def _dataset_section(work_dir: Path) -> dict[str, Any]:
         examples = {}
         for finding in report["findings"]:
             examples.setdefault(finding["code"], finding["message"])
-        section["findings"] = _table(pd.DataFrame(
-            [{"code": code, "severity": severity, "count": n, "example": examples[code]}
-             for (code, severity), n in sorted(counts.items())], columns=["code", "severity", "count", "example"]))
+        section["findings"] = _table(
+            pd.DataFrame(
+                [
+                    {"code": code, "severity": severity, "count": n, "example": examples[code]}
+                    for (code, severity), n in sorted(counts.items())
+                ],
+                columns=["code", "severity", "count", "example"],
+            )
+        )
         section["errors"] = sum(n for (_, s), n in counts.items() if s == "error")
         section["warnings"] = sum(n for (_, s), n in counts.items() if s == "warning")
         section["splits"] = _table(pd.DataFrame(report["splits"]))
         groups = report.get("duplicate_groups", [])
         section["duplicate_groups"] = len(groups)
-        section["cross_split_groups"] = _table(pd.DataFrame(
-            [{"kind": g["kind"], "images": len(g["members"]),
-              "splits": ", ".join(sorted({m["split"] for m in g["members"]})),
-              "members": ", ".join(Path(m["image"]).name for m in g["members"])}
-             for g in groups if g["cross_split"]], columns=["kind", "images", "splits", "members"]))
+        section["cross_split_groups"] = _table(
+            pd.DataFrame(
+                [
+                    {
+                        "kind": g["kind"],
+                        "images": len(g["members"]),
+                        "splits": ", ".join(sorted({m["split"] for m in g["members"]})),
+                        "members": ", ".join(Path(m["image"]).name for m in g["members"]),
+                    }
+                    for g in groups
+                    if g["cross_split"]
+                ],
+                columns=["kind", "images", "splits", "members"],
+            )
+        )
         section["recommended_imgsz"] = report.get("recommended_imgsz")
     manifest = _read_json(work_dir / "dataset" / "manifest.json")
     if manifest is None:
         section["missing"].append("dataset/manifest.json (rebalancing off or not run)")
     else:
         section["version_id"] = manifest["version_id"]
-        section["repaired_leaks"] = _table(pd.DataFrame(
-            [{"group": leak["group_id"], "kept in": leak["kept_split"],
-              "moved": ", ".join(f"{Path(m['image']).name} ({m['split']})" for m in leak["members"])}
-             for leak in manifest["repaired_leaks"]], columns=["group", "kept in", "moved"]))
-        section["moved_groups"] = _table(pd.DataFrame(
-            [{"group": g["group_id"], "from": g["from_split"], "to": g["to_split"], "images": len(g["images"]),
-              "instances": ", ".join(f"{k}: {v}" for k, v in g["instances"].items() if v)}
-             for g in manifest["moved_groups"]], columns=["group", "from", "to", "images", "instances"]))
+        section["repaired_leaks"] = _table(
+            pd.DataFrame(
+                [
+                    {
+                        "group": leak["group_id"],
+                        "kept in": leak["kept_split"],
+                        "moved": ", ".join(f"{Path(m['image']).name} ({m['split']})" for m in leak["members"]),
+                    }
+                    for leak in manifest["repaired_leaks"]
+                ],
+                columns=["group", "kept in", "moved"],
+            )
+        )
+        section["moved_groups"] = _table(
+            pd.DataFrame(
+                [
+                    {
+                        "group": g["group_id"],
+                        "from": g["from_split"],
+                        "to": g["to_split"],
+                        "images": len(g["images"]),
+                        "instances": ", ".join(f"{k}: {v}" for k, v in g["instances"].items() if v),
+                    }
+                    for g in manifest["moved_groups"]
+                ],
+                columns=["group", "from", "to", "images", "instances"],
+            )
+        )
     balance_csv = work_dir / "dataset" / "balance.csv"
     if balance_csv.is_file():
         balance = pd.read_csv(balance_csv)
@@ -428,22 +496,43 @@ def _dataset_section(work_dir: Path) -> dict[str, Any]:
     else:
         section["missing"].append("dataset/balance.csv")
     if (work_dir / "validation" / "class_counts.png").is_file():
-        section["images"].append(_image("Instances per class and split (source dataset)",
-                                        work_dir / "validation" / "class_counts.png"))
+        section["images"].append(
+            _image("Instances per class and split (source dataset)", work_dir / "validation" / "class_counts.png")
+        )
     return section
 
 
 def _training_section(work_dir: Path) -> dict[str, Any]:
-    from tasks.selection import read_results_csv, summarize_history
+    from phase2.evaluation.selection import read_results_csv, summarize_history
 
     results_csv = work_dir / "train" / "results.csv"
     if not results_csv.is_file():
         return {"missing": ["train/results.csv"]}
     history = summarize_history(results_csv)
     results = read_results_csv(results_csv)
-    args = yaml.safe_load((work_dir / "train" / "args.yaml").read_text()) if (work_dir / "train" / "args.yaml").is_file() else {}
-    shown_args = {k: args.get(k) for k in ("model", "epochs", "patience", "imgsz", "batch", "optimizer", "lr0",
-                                           "lrf", "warmup_epochs", "mosaic", "close_mosaic", "conf") if k in args}
+    args = (
+        yaml.safe_load((work_dir / "train" / "args.yaml").read_text())
+        if (work_dir / "train" / "args.yaml").is_file()
+        else {}
+    )
+    shown_args = {
+        k: args.get(k)
+        for k in (
+            "model",
+            "epochs",
+            "patience",
+            "imgsz",
+            "batch",
+            "optimizer",
+            "lr0",
+            "lrf",
+            "warmup_epochs",
+            "mosaic",
+            "close_mosaic",
+            "conf",
+        )
+        if k in args
+    }
     return {
         "missing": [],
         "best_epoch": history.best_epoch,
@@ -452,8 +541,13 @@ def _training_section(work_dir: Path) -> dict[str, Any]:
         "stop_reason": history.stop_reason,
         "fitness": history.fitness_formula,
         "args": shown_args,
-        "images": [_image("Training curves per epoch", training_curves_png(results, history.best_epoch,
-                                                                          history.stop_reason), "image/png")],
+        "images": [
+            _image(
+                "Training curves per epoch",
+                training_curves_png(results, history.best_epoch, history.stop_reason),
+                "image/png",
+            )
+        ],
     }
 
 
@@ -466,14 +560,20 @@ def _selection_section(work_dir: Path) -> dict[str, Any]:
     lines = summary.splitlines()
     policy = next((l.removeprefix("- policy: ") for l in lines if l.startswith("- policy: ")), "")
     protocol = next((l.removeprefix("- protocol: ") for l in lines if l.startswith("- protocol: ")), "")
-    explanation = lines[lines.index("### Training-time vs re-evaluation") + 2:] if \
-        "### Training-time vs re-evaluation" in lines else []
+    explanation = (
+        lines[lines.index("### Training-time vs re-evaluation") + 2 :]
+        if "### Training-time vs re-evaluation" in lines
+        else []
+    )
     stem = winner_stem(work_dir)
     images = []
     for split in ("val", "test"):
         folder = selection / split / (stem or "")
-        for file, title in (("BoxPR_curve.png", "PR curve"), ("confusion_matrix.png", "Confusion matrix"),
-                            ("confusion_matrix_normalized.png", "Confusion matrix (normalized)")):
+        for file, title in (
+            ("BoxPR_curve.png", "PR curve"),
+            ("confusion_matrix.png", "Confusion matrix"),
+            ("confusion_matrix_normalized.png", "Confusion matrix (normalized)"),
+        ):
             if stem and (folder / file).is_file():
                 images.append(_image(f"{title}, {split} split", folder / file))
     return {
@@ -482,9 +582,22 @@ def _selection_section(work_dir: Path) -> dict[str, Any]:
         "policy": policy,
         "protocol": protocol,
         "explanation": [l.removeprefix("- ") for l in explanation if l.strip()],
-        "candidates": _table(candidates, ["candidate", "selected", "epoch", "precision", "recall", "mAP50",
-                                          "mAP50-95", "fitness", "meets_floors", "duplicates",
-                                          *[c for c in candidates.columns if c.startswith(f"{MINORITY_CLASS}/")]]),
+        "candidates": _table(
+            candidates,
+            [
+                "candidate",
+                "selected",
+                "epoch",
+                "precision",
+                "recall",
+                "mAP50",
+                "mAP50-95",
+                "fitness",
+                "meets_floors",
+                "duplicates",
+                *[c for c in candidates.columns if c.startswith(f"{MINORITY_CLASS}/")],
+            ],
+        ),
         "images": images,
     }
 
@@ -497,14 +610,20 @@ def _detections_section(work_dir: Path) -> dict[str, Any]:
     tiles = []
     for record in manifest["tiles"]:
         predicted = ", ".join(f"{p['class']} {p['conf']:.2f}" for p in record["predictions"]) or "none"
-        tiles.append({**_image(Path(record["image"]).name, folder / record["tile"]),
-                      "truth": ", ".join(record["ground_truth"]) or "background", "predicted": predicted,
-                      "minority": MINORITY_CLASS in record["ground_truth"]})
+        tiles.append(
+            {
+                **_image(Path(record["image"]).name, folder / record["tile"]),
+                "truth": ", ".join(record["ground_truth"]) or "background",
+                "predicted": predicted,
+                "minority": MINORITY_CLASS in record["ground_truth"],
+            }
+        )
     return {"missing": [], "tiles": tiles, "conf": manifest["conf"], "imgsz": manifest["imgsz"]}
 
 
-def build_html_report(work_dir: Path, out: Path, *, registry_version: dict[str, Any] | None = None,
-                      links: dict[str, str] | None = None) -> Path:
+def build_html_report(
+    work_dir: Path, out: Path, *, registry_version: dict[str, Any] | None = None, links: dict[str, str] | None = None
+) -> Path:
     """Write the review report of the run in ``work_dir`` to ``out`` (one HTML file, images inlined).
 
     ``registry_version``: the registered version's manifest (``ModelVersion.model_dump()``); its
@@ -524,7 +643,7 @@ def build_html_report(work_dir: Path, out: Path, *, registry_version: dict[str, 
     version = registry_version or {}
     context = {
         "run_key": work_dir.name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_ref": f"{version['name']}:v{version['version']}" if version else None,
         "dataset_version": (version.get("dataset") or {}).get("version_id"),
         "links": links or {},
@@ -536,8 +655,12 @@ def build_html_report(work_dir: Path, out: Path, *, registry_version: dict[str, 
             "models": [m for m in MODEL_COLUMNS],
             "available": {m: metrics[m] is not None for m in MODEL_COLUMNS},
             "metric_keys": PER_CLASS_KEYS,
-            "cells": {(row["class"], m, k): row[f"{m}/{k}"] for _, row in comparison.iterrows()
-                      for m in MODEL_COLUMNS for k in PER_CLASS_KEYS},
+            "cells": {
+                (row["class"], m, k): row[f"{m}/{k}"]
+                for _, row in comparison.iterrows()
+                for m in MODEL_COLUMNS
+                for k in PER_CLASS_KEYS
+            },
             "baseline": baseline,
             "production_version": (promotion or {}).get("production_version"),
         },
@@ -545,7 +668,8 @@ def build_html_report(work_dir: Path, out: Path, *, registry_version: dict[str, 
         "promotion": promotion,
         "timings": timings,
         "timings_chart": _image("Task run durations", timings_png(timings), "image/png")
-        if any(t.get("duration_s") is not None for t in timings) else None,
+        if any(t.get("duration_s") is not None for t in timings)
+        else None,
         "fmt": _fmt,
         "value_attr": _value_attr,
         "minority": MINORITY_CLASS,
@@ -565,25 +689,28 @@ def _value_attr(value: Any) -> str:
 # --------------------------------------------------------------------------- W&B Report
 
 
-def wandb_report_spec(*, entity: str, project: str, run_id: str, title: str, description: str = "",
-                      html_link: str | None = None):
+def wandb_report_spec(
+    *, entity: str, project: str, run_id: str, title: str, description: str = "", html_link: str | None = None
+):
     """The W&B Report of one pipeline run: its per-epoch line plots, the images and tables the
     steps logged, restricted to that run. Built without network; :func:`publish_wandb_report` saves it.
     """
     import wandb_workspaces.reports.v2 as wr
 
-    def runset() -> "wr.Runset":
+    def runset() -> wr.Runset:
         return wr.Runset(entity=entity, project=project, name=f"run {run_id}", filters=f"ID = '{run_id}'")
 
-    def grid(panels: list) -> "wr.PanelGrid":
+    def grid(panels: list) -> wr.PanelGrid:
         return wr.PanelGrid(runsets=[runset()], panels=panels)
 
     intro = [description] if description else []
     if html_link:
         intro.append(f"Offline HTML report (images embedded): {html_link}")
     blocks: list = [wr.P(text) for text in intro]
-    blocks += [wr.H2("Training curves per epoch"),
-               grid([wr.LinePlot(title=name, x="epoch", y=keys) for name, keys in WANDB_EPOCH_METRICS.items()])]
+    blocks += [
+        wr.H2("Training curves per epoch"),
+        grid([wr.LinePlot(title=name, x="epoch", y=keys) for name, keys in WANDB_EPOCH_METRICS.items()]),
+    ]
     for name, keys in WANDB_IMAGES.items():
         blocks += [wr.H2(name), grid([wr.MediaBrowser(title=key, media_keys=[key], num_columns=1) for key in keys])]
     for name, keys in WANDB_TABLES.items():
@@ -618,12 +745,14 @@ def run_key_for(run: str, state: Path | None = None) -> str:
         return str(summary["s3_prefix"]).rstrip("/").rsplit("/", 1)[-1]
     if (pipeline / run).is_dir() and run != "flow-runs":
         return run
-    raise ReportError(f"{run!r}: neither a run key in {pipeline} nor a flow run id with a summary in "
-                      f"{pipeline / 'flow-runs'}; pass the run key printed by `phase2 run` or the flow run id")
+    raise ReportError(
+        f"{run!r}: neither a run key in {pipeline} nor a flow run id with a summary in "
+        f"{pipeline / 'flow-runs'}; pass the run key printed by `phase2 run` or the flow run id"
+    )
 
 
 def _exists(store, key: str) -> bool:
-    from tasks.storage import StorageError
+    from phase2.registry.storage import StorageError
 
     try:
         return store.exists(key)
@@ -646,7 +775,7 @@ def report_for_run(run: str, *, rebuild: bool = False, store=None, registry_vers
         raise ReportError(f"run {key}: no report in S3 and no run files in {work_dir} to build one from")
     summary = _read_json(work_dir / "summary.json") or {}
     if registry_version is None and store is not None and summary.get("model"):
-        from tasks.registry import Registry
+        from phase2.registry.registry import Registry
 
         name = summary["model"].split(":", 1)[0]
         registry_version = Registry(store, name).get(summary["model"]).model_dump(mode="json")

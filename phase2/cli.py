@@ -7,11 +7,11 @@ and the offline environment is configured first.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from tasks.settings import configure_environment
+from phase2.infra.settings import PROJECT_ROOT, configure_environment
 
 app = typer.Typer(help="Phase 2 training pipeline for the site-inspection detector.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models: list, show, download, promote.", no_args_is_help=True)
@@ -32,19 +32,22 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
     imgsz: Annotated[int, typer.Option(help="Training image size the boxes are checked at.")] = 640,
     phash_threshold: Annotated[int, typer.Option(help="Near-duplicate Hamming distance (-1: off).")] = 4,
-    out: Annotated[Optional[Path], typer.Option(help="Also write report.json, files.csv, summary.md, "
-                                                     "class_counts.png here.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write report.json, files.csv, summary.md, class_counts.png here.")
+    ] = None,
 ) -> None:
     """Validate a YOLO dataset (read-only); exit 1 when it has errors."""
-    from tasks.dataset_validation import validate_dataset
-    from tasks.settings import state_dir
+    from phase2.dataset.validation import validate_dataset
+    from phase2.infra.settings import state_dir
 
-    report = validate_dataset(data_yaml, imgsz=imgsz, phash_threshold=phash_threshold,
-                              cache_dir=state_dir() / "validation-cache")
+    report = validate_dataset(
+        data_yaml, imgsz=imgsz, phash_threshold=phash_threshold, cache_dir=state_dir() / "validation-cache"
+    )
     if out is not None:
         report.write(out)
     typer.echo(report.model_dump_json(indent=2) if as_json else report.summary_markdown())
     raise typer.Exit(1 if report.errors() else 0)
+
 
 # --- rebalancing (tasks/rebalance.py) ---
 
@@ -60,13 +63,18 @@ def rebalance(
     move_test: Annotated[bool, typer.Option(help="Also take groups from test to reach the targets.")] = False,
 ) -> None:
     """Repair cross-split duplicate leaks, then raise val class instances to targets (whole groups only)."""
-    from tasks.dataset_validation import DatasetConfigError
-    from tasks.rebalance import DatasetError, RebalanceImpossible, parse_targets, rebalance_validation
+    from phase2.dataset.rebalance import DatasetError, RebalanceImpossible, parse_targets, rebalance_validation
+    from phase2.dataset.validation import DatasetConfigError
 
     try:
         result = rebalance_validation(
-            data_yaml, out, parse_targets(target), seed=seed, phash_threshold=phash_threshold,
-            leak_priority=[s.strip() for s in leak_priority.split(",")], move_test=move_test,
+            data_yaml,
+            out,
+            parse_targets(target),
+            seed=seed,
+            phash_threshold=phash_threshold,
+            leak_priority=[s.strip() for s in leak_priority.split(",")],
+            move_test=move_test,
         )
     except (RebalanceImpossible, DatasetError, DatasetConfigError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
@@ -75,6 +83,7 @@ def rebalance(
     typer.echo(f"repaired leaks: {len(result.repaired_leaks)}, moved groups: {len(result.moved_groups)}")
     typer.echo(result.balance_csv.read_text())
 
+
 # --- training history and selection (tasks/selection.py) ---
 
 
@@ -82,11 +91,11 @@ def rebalance(
 def history(
     results_csv: Annotated[Path, typer.Argument(help="An Ultralytics results.csv (args.yaml next to it is read too).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience (default: args.yaml).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Planned epochs (default: args.yaml).")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (default: args.yaml).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Planned epochs (default: args.yaml).")] = None,
 ) -> None:
     """Summarize a training history: best/worst/mean/last per metric and why training stopped."""
-    from tasks.selection import summarize_history
+    from phase2.evaluation.selection import summarize_history
 
     try:
         summary = summarize_history(results_csv, patience=patience, epochs=epochs)
@@ -95,15 +104,16 @@ def history(
         raise typer.Exit(1)
     typer.echo(summary.model_dump_json(indent=2) if as_json else summary.to_markdown())
 
+
 # --- model registry (tasks/registry.py) ---
 
 
 def _registry(ref: str = ""):
     """(Registry for the name in ``NAME:REF`` or the default name, the part after the name)."""
-    from tasks.registry import Registry
-    from tasks.services import resolve_s3_settings
-    from tasks.settings import DEFAULT_MODEL_NAME
-    from tasks.storage import ObjectStore
+    from phase2.infra.seaweedfs import resolve_s3_settings
+    from phase2.infra.settings import DEFAULT_MODEL_NAME
+    from phase2.registry.registry import Registry
+    from phase2.registry.storage import ObjectStore
 
     name, sep, rest = ref.partition(":")
     store = ObjectStore(resolve_s3_settings())
@@ -117,13 +127,13 @@ def _fail(error: Exception) -> None:
 
 @models_app.command("list")
 def models_list(
-    name: Annotated[Optional[str], typer.Option(help="Model name (default: site-inspection-detector).")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: site-inspection-detector).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
 ) -> None:
     """Registered versions with their aliases and headline metrics."""
     import json
 
-    from tasks.storage import StorageError
+    from phase2.registry.storage import StorageError
 
     try:
         registry, _ = _registry(f"{name}:" if name else "")
@@ -144,20 +154,23 @@ def models_list(
         return f"{node:.4f}" if isinstance(node, (int, float)) else "-"
 
     typer.echo(f"{registry.name}: {len(versions)} version(s)")
-    typer.echo(f"{'version':>7}  {'created_at':25}  {'val mAP50-95':>12}  {'test mAP50-95':>13}  "
-               f"{'code':12}  aliases")
+    typer.echo(f"{'version':>7}  {'created_at':25}  {'val mAP50-95':>12}  {'test mAP50-95':>13}  {'code':12}  aliases")
     for v in versions:
-        typer.echo(f"{'v' + str(v.version):>7}  {v.created_at:25}  {metric(v, 'val', 'overall', 'mAP50-95'):>12}  "
-                   f"{metric(v, 'test', 'overall', 'mAP50-95'):>13}  {v.code_version[:12]:12}  "
-                   f"{', '.join(by_version.get(v.version, []))}")
+        typer.echo(
+            f"{'v' + str(v.version):>7}  {v.created_at:25}  {metric(v, 'val', 'overall', 'mAP50-95'):>12}  "
+            f"{metric(v, 'test', 'overall', 'mAP50-95'):>13}  {v.code_version[:12]:12}  "
+            f"{', '.join(by_version.get(v.version, []))}"
+        )
 
 
 @models_app.command("show")
-def models_show(ref: Annotated[str, typer.Argument(help="NAME:VERSION|ALIAS, e.g. site-inspection-detector:production or v3.")]) -> None:
+def models_show(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION|ALIAS, e.g. site-inspection-detector:production or v3.")],
+) -> None:
     """The full manifest of one version (files with sha256, metrics, lineage) and its aliases."""
     import json
 
-    from tasks.storage import StorageError
+    from phase2.registry.storage import StorageError
 
     try:
         registry, rest = _registry(ref)
@@ -165,8 +178,16 @@ def models_show(ref: Annotated[str, typer.Argument(help="NAME:VERSION|ALIAS, e.g
         aliases = sorted(a for a, n in registry.aliases().items() if n == version.version)
     except StorageError as error:
         _fail(error)
-    typer.echo(json.dumps({**version.model_dump(), "aliases": aliases, "uri": registry.store.uri(
-        f"{registry.prefix}versions/v{version.version}/")}, indent=2))
+    typer.echo(
+        json.dumps(
+            {
+                **version.model_dump(),
+                "aliases": aliases,
+                "uri": registry.store.uri(f"{registry.prefix}versions/v{version.version}/"),
+            },
+            indent=2,
+        )
+    )
 
 
 @models_app.command("download")
@@ -175,7 +196,7 @@ def models_download(
     to: Annotated[Path, typer.Option("--to", help="Directory; the model lands in DIR/NAME-vN/.")],
 ) -> None:
     """Download a version, verifying every file's sha256 (a tampered file is refused, nothing half-written kept)."""
-    from tasks.storage import StorageError
+    from phase2.registry.storage import StorageError
 
     try:
         registry, rest = _registry(ref)
@@ -191,7 +212,7 @@ def models_promote(
     alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
 ) -> None:
     """Move an alias to a version by hand (compare-and-swap; the version must be complete)."""
-    from tasks.storage import StorageError
+    from phase2.registry.storage import StorageError
 
     try:
         registry, rest = _registry(ref)
@@ -207,7 +228,7 @@ def models_promote(
 
 
 def _stack(ui: bool = True):
-    from tasks.prefect_stack import LocalStack
+    from phase2.infra.prefect_stack import LocalStack
 
     return LocalStack(ui=ui)
 
@@ -246,12 +267,16 @@ def deploy() -> None:
     """Work pool + deployments from prefect.yaml against PREFECT_API_URL (local server if unset)."""
     import os
 
-    from tasks.prefect_stack import LocalStack
+    from phase2.infra.prefect_stack import LocalStack
 
     stack = LocalStack()
     if os.environ.get("PREFECT_API_URL"):  # a remote server or Prefect Cloud: don't start ours
-        env = {**os.environ, **configure_environment(), "PHASE2_WORK_POOL": stack.pool,
-               "PHASE2_PROJECT_DIR": str(Path(__file__).resolve().parent.parent)}
+        env = {
+            **os.environ,
+            **configure_environment(),
+            "PHASE2_WORK_POOL": stack.pool,
+            "PHASE2_PROJECT_DIR": str(PROJECT_ROOT),
+        }
         stack.deploy(env)
     else:
         stack.up()
@@ -259,10 +284,12 @@ def deploy() -> None:
 
 
 @app.command("lint")
-def lint(recipe: Annotated[str, typer.Argument(help="Recipe name in configs/ or a path.")],
-         native: Annotated[Optional[int], typer.Option(help="Largest native image side, px.")] = None) -> None:
+def lint(
+    recipe: Annotated[str, typer.Argument(help="Recipe name in configs/ or a path.")],
+    native: Annotated[int | None, typer.Option(help="Largest native image side, px.")] = None,
+) -> None:
     """Recipe settings that silently do something else than intended."""
-    from tasks.recipe import RecipeError, lint_recipe, load_recipe
+    from phase2.training.recipe import RecipeError, lint_recipe, load_recipe
 
     try:
         warnings = lint_recipe(load_recipe(recipe), native_imgsz=native)
@@ -276,16 +303,23 @@ def lint(recipe: Annotated[str, typer.Argument(help="Recipe name in configs/ or 
 
 @app.command("run")
 def run(
-    data: Annotated[Optional[Path], typer.Option(help="data.yaml; default: a generated synthetic demo set.")] = None,
-    baseline: Annotated[Optional[str], typer.Option(help="Start weights (path, s3:// or registry ref); "
-                                                         "default: a from-scratch baseline trained on the demo set.")] = None,
-    recipe: Annotated[Optional[str], typer.Option(help="Recipe name or path (default phase2-demo without "
-                                                       "--data, phase2-seed with it).")] = None,
+    data: Annotated[Path | None, typer.Option(help="data.yaml; default: a generated synthetic demo set.")] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="Start weights (path, s3:// or registry ref); "
+            "default: a from-scratch baseline trained on the demo set."
+        ),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(help="Recipe name or path (default phase2-demo without --data, phase2-seed with it)."),
+    ] = None,
     keep_up: Annotated[bool, typer.Option(help="Leave the local stack running afterwards.")] = False,
     timeout: Annotated[int, typer.Option(help="Seconds to wait for the flow run.")] = 6 * 3600,
 ) -> None:
     """Start the stack, run `prefect deployment run phase2/train --watch`, print where results are."""
-    from tasks.demo import prepare_demo, trigger_training
+    from phase2.demo import prepare_demo, trigger_training
 
     if data is None:
         data, demo_baseline = prepare_demo()
@@ -297,8 +331,9 @@ def run(
     stack = _stack(ui=False)
     try:
         env = stack.up()
-        summary = trigger_training(env, data=Path(data).resolve(), baseline=baseline,
-                                   recipe=recipe or "phase2-seed", timeout=timeout)
+        summary = trigger_training(
+            env, data=Path(data).resolve(), baseline=baseline, recipe=recipe or "phase2-seed", timeout=timeout
+        )
     finally:
         if not keep_up:
             stack.down()
@@ -313,12 +348,14 @@ def run(
 @app.command("recover")
 def recover(dry_run: Annotated[bool, typer.Option(help="Only list the orphaned runs.")] = False) -> None:
     """Mark phase2 runs whose worker/flow-run process died as Crashed, freeing the concurrency slot."""
-    from tasks.recovery import recover_orphaned_runs
+    from phase2.infra.recovery import recover_orphaned_runs
 
     orphans = recover_orphaned_runs(dry_run=dry_run)
     for orphan in orphans:
-        typer.echo(f"{'orphaned' if dry_run else 'crashed'}: {orphan.name} ({orphan.id}) "
-                   f"was {orphan.state}, pid {orphan.infrastructure_pid} gone")
+        typer.echo(
+            f"{'orphaned' if dry_run else 'crashed'}: {orphan.name} ({orphan.id}) "
+            f"was {orphan.state}, pid {orphan.infrastructure_pid} gone"
+        )
     if not orphans:
         typer.echo("no orphaned runs")
 
@@ -329,7 +366,7 @@ def recover(dry_run: Annotated[bool, typer.Option(help="Only list the orphaned r
 @app.command("report")
 def report_command(
     run: Annotated[str, typer.Argument(help="Run key (folder under <state>/pipeline) or Prefect flow run id.")],
-    out: Annotated[Optional[Path], typer.Option(help="Also copy the HTML here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also copy the HTML here.")] = None,
     open_it: Annotated[bool, typer.Option("--open", help="Open it in the default browser.")] = False,
     rebuild: Annotated[bool, typer.Option(help="Build it again from the run's files.")] = False,
 ) -> None:
@@ -337,9 +374,9 @@ def report_command(
     import shutil
     import webbrowser
 
-    from tasks.report import ReportError, report_for_run
-    from tasks.services import resolve_s3_settings
-    from tasks.storage import ObjectStore
+    from phase2.infra.seaweedfs import resolve_s3_settings
+    from phase2.registry.storage import ObjectStore
+    from phase2.report.report import ReportError, report_for_run
 
     try:
         html = report_for_run(run, rebuild=rebuild, store=ObjectStore(resolve_s3_settings()))
@@ -361,12 +398,14 @@ app.add_typer(wandb_app, name="wandb")
 
 @wandb_app.command("publish")
 def wandb_publish(
-    collection: Annotated[str, typer.Option(help="W&B Registry collection for the model artifacts.")] = "site-inspection-detector",
+    collection: Annotated[
+        str, typer.Option(help="W&B Registry collection for the model artifacts.")
+    ] = "site-inspection-detector",
 ) -> None:
     """Sync offline runs and link their models to the W&B Registry (idempotent; needs WANDB_API_KEY)."""
     import os
 
-    from tasks.tracking import PublishError, publish_offline_runs
+    from phase2.infra.tracking import PublishError, publish_offline_runs
 
     try:
         published = publish_offline_runs(Path(os.environ["WANDB_DIR"]), registry_collection=collection)

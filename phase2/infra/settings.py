@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REAL_DATASET = PROJECT_ROOT.parent / "shared" / "datasets" / "site-inspection"
 DEFAULT_MODEL_NAME = "site-inspection-detector"
 CLASS_NAMES = ("rock_toe", "slope_drain", "toe_drain", "vegetation")
@@ -134,7 +134,7 @@ class S3Settings(BaseModel):
     secret_access_key: SecretStr | None = None
 
     @classmethod
-    def from_env(cls) -> "S3Settings":
+    def from_env(cls) -> S3Settings:
         env = os.environ
         return cls(
             endpoint_url=env.get("PHASE2_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL") or None,
@@ -151,13 +151,14 @@ def git_sha() -> str:
     import subprocess
 
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
         sha = out.stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):

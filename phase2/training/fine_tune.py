@@ -20,13 +20,14 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.hashing import sha256_file
+from phase2.infra.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,11 @@ def checkpoint_state(path: Path) -> dict[str, Any]:
 
     # weights_only=False unpickles: only called on files this pipeline wrote or verified.
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    return {"epoch": ckpt.get("epoch", -1), "train_args": ckpt.get("train_args") or {},
-            "train_results": ckpt.get("train_results") or {}}
+    return {
+        "epoch": ckpt.get("epoch", -1),
+        "train_args": ckpt.get("train_args") or {},
+        "train_results": ckpt.get("train_results") or {},
+    }
 
 
 def _truncate_results(results_csv: Path, keep_epochs: int) -> None:
@@ -235,8 +239,10 @@ def fine_tune(
 
     if str(weights).endswith(".pt") and not checkpoint_is_complete(Path(weights)):
         # Refused before anything unpickles it: a clear message instead of the child's traceback.
-        raise TrainingFailed(f"{weights}: not a PyTorch checkpoint (missing, or not the zip torch.save writes); "
-                             "pass an Ultralytics .pt such as the baseline's best.pt")
+        raise TrainingFailed(
+            f"{weights}: not a PyTorch checkpoint (missing, or not the zip torch.save writes); "
+            "pass an Ultralytics .pt such as the baseline's best.pt"
+        )
     started = time.monotonic()
     last = weights_dir / "last.pt"
     _restore_from_store(store, run_prefix, save_dir)
@@ -244,8 +250,9 @@ def fine_tune(
     finished = False
     if last.exists():
         if not checkpoint_is_complete(last):
-            raise ResumeError(f"{last} is torn (killed mid-write) and no intact copy is in S3; "
-                              f"delete {save_dir} to start over")
+            raise ResumeError(
+                f"{last} is torn (killed mid-write) and no intact copy is in S3; delete {save_dir} to start over"
+            )
         state = checkpoint_state(last)
         if state["epoch"] >= 0:
             planned = int(state["train_args"].get("epochs", epochs))
@@ -272,8 +279,7 @@ def fine_tune(
         "model": str(last if resume_epoch else weights),
         "resume": bool(resume_epoch),
         "data": str(data_yaml),
-        "train_args": {**train_args, "project": str(save_dir.parent), "name": save_dir.name,
-                       "exist_ok": True},
+        "train_args": {**train_args, "project": str(save_dir.parent), "name": save_dir.name, "exist_ok": True},
     }
     save_dir.mkdir(parents=True, exist_ok=True)
     spec_file = save_dir.parent / f"{save_dir.name}.spec.json"
@@ -289,8 +295,10 @@ def fine_tune(
     peak = None
     with log_file.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tasks.fine_tune", str(spec_file)],
-            stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            [sys.executable, "-m", "phase2.training.fine_tune", str(spec_file)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
@@ -305,8 +313,14 @@ def fine_tune(
                         now = time.monotonic()
                         done = epoch - rows_before
                         s_epoch = (now - started) / done
-                        logger.info("epoch %d/%d  mAP50 %s  %.1f s/epoch  ETA %.0f s", epoch, epochs,
-                                    row.get("metrics/mAP50(B)", "?"), s_epoch, s_epoch * (epochs - epoch))
+                        logger.info(
+                            "epoch %d/%d  mAP50 %s  %.1f s/epoch  ETA %.0f s",
+                            epoch,
+                            epochs,
+                            row.get("metrics/mAP50(B)", "?"),
+                            s_epoch,
+                            s_epoch * (epochs - epoch),
+                        )
                     if on_epoch:
                         on_epoch(row)
                 streamed = len(rows)
@@ -324,13 +338,32 @@ def fine_tune(
         free_mb = shutil.disk_usage(save_dir).free / 2**20
         disk = f" (no space left? only {free_mb:.0f} MB free on the disk holding {save_dir})" if free_mb < 512 else ""
         raise TrainingFailed(f"Ultralytics exited with {proc.returncode}{disk}; log {log_file}:\n" + "\n".join(tail))
-    return _summarize(save_dir, store, run_prefix, train_args, tracker, started, rows_before, resume_epoch,
-                      peak, dict(uploader.uploaded))
+    return _summarize(
+        save_dir,
+        store,
+        run_prefix,
+        train_args,
+        tracker,
+        started,
+        rows_before,
+        resume_epoch,
+        peak,
+        dict(uploader.uploaded),
+    )
 
 
-def _summarize(save_dir: Path, store, run_prefix: str, train_args: dict[str, Any], tracker, started: float,
-               rows_before: int, resume_epoch: int | None, peak: float | None,
-               checkpoints: dict[str, str]) -> FineTuneResult:
+def _summarize(
+    save_dir: Path,
+    store,
+    run_prefix: str,
+    train_args: dict[str, Any],
+    tracker,
+    started: float,
+    rows_before: int,
+    resume_epoch: int | None,
+    peak: float | None,
+    checkpoints: dict[str, str],
+) -> FineTuneResult:
     """Final uploads, checksums and the run summary; writes the COMPLETE marker last."""
     weights_dir, results_csv = save_dir / "weights", save_dir / "results.csv"
     epochs = int(train_args["epochs"])
@@ -344,7 +377,7 @@ def _summarize(save_dir: Path, store, run_prefix: str, train_args: dict[str, Any
                 checkpoints[path.name] = store.uri(key)
     trained_now = len(rows) - rows_before
     wall = time.monotonic() - started
-    from tasks.selection import summarize_history
+    from phase2.evaluation.selection import summarize_history
 
     history = summarize_history(results_csv, patience=train_args.get("patience"), epochs=epochs)
     result = FineTuneResult(
@@ -405,16 +438,14 @@ def resolve_device(device: str) -> str:
 
 
 def _child_main(spec_file: str) -> int:  # pragma: no cover - exercised through subprocess
-    from tasks.settings import configure_environment
+    from phase2.infra.settings import configure_environment
 
     configure_environment()
     spec = json.loads(Path(spec_file).read_text())
+    import torch  # after ultralytics: it sets OMP_NUM_THREADS before torch starts OpenMP
+    import ultralytics.data.dataset as ultralytics_dataset
     import ultralytics.utils.torch_utils as torch_utils
     from ultralytics import YOLO
-
-    import torch  # after ultralytics: it sets OMP_NUM_THREADS before torch starts OpenMP
-
-    import ultralytics.data.dataset as ultralytics_dataset
 
     # Image lists point into the user's dataset: its labels.cache must not be written there.
     def _cache_in_memory_only(prefix: str, path: Path, x: dict, version: str) -> None:
@@ -431,8 +462,13 @@ def _child_main(spec_file: str) -> int:  # pragma: no cover - exercised through 
     if spec["resume"]:
         # save_dir is one of the few arguments Ultralytics lets a resume change: the checkpoint
         # may come from S3, written on another machine with another path.
-        model.train(resume=True, data=spec["data"], device=args["device"], workers=args.get("workers", 0),
-                    save_dir=str(Path(args["project"]) / args["name"]))
+        model.train(
+            resume=True,
+            data=spec["data"],
+            device=args["device"],
+            workers=args.get("workers", 0),
+            save_dir=str(Path(args["project"]) / args["name"]),
+        )
     else:
         model.train(data=spec["data"], **args)
     return 0

@@ -12,10 +12,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
-from tasks.registry import PromotionRule
-from tasks.selection import SelectionPolicy
+from phase2.evaluation.selection import SelectionPolicy
+from phase2.registry.registry import PromotionRule
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 _UNION_MEMBER = re.compile(r"^(int|float|str|bool|none|literal\[.*\]|function-.*|constrained-.*)$")
 
 
@@ -39,8 +39,11 @@ class TrainArgs(BaseModel):
         640, description="Training size in px, or 'native': the dataset's recommended size."
     )
     batch: int = Field(8, ge=-1, description="Images per batch (-1: Ultralytics auto-batch on GPU).")
-    nbs: PositiveInt = Field(64, description="Nominal batch: gradients accumulate to it (and weight decay "
-                             "scales by batch/nbs). On small datasets nbs=batch gives more optimizer steps.")
+    nbs: PositiveInt = Field(
+        64,
+        description="Nominal batch: gradients accumulate to it (and weight decay "
+        "scales by batch/nbs). On small datasets nbs=batch gives more optimizer steps.",
+    )
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, mps, 0, or '0,1' for DDP.")
     workers: int = Field(4, ge=0)
     optimizer: Literal["SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp", "MuSGD", "auto"] = "AdamW"
@@ -163,38 +166,58 @@ def lint_recipe(recipe: Recipe, native_imgsz: int | None = None) -> list[LintWar
     t = recipe.train
     out: list[LintWarning] = []
     if t.conf is not None:
-        out.append(LintWarning(
-            code="TRAIN_CONF", field="train.conf",
-            message=f"conf={t.conf} at training time only changes per-epoch validation: it lowers "
-            "results.csv metrics and the fitness that picks best.pt. Remove it; set conf at inference.",
-        ))
+        out.append(
+            LintWarning(
+                code="TRAIN_CONF",
+                field="train.conf",
+                message=f"conf={t.conf} at training time only changes per-epoch validation: it lowers "
+                "results.csv metrics and the fitness that picks best.pt. Remove it; set conf at inference.",
+            )
+        )
     if t.iou is not None:
-        out.append(LintWarning(
-            code="TRAIN_IOU", field="train.iou",
-            message=f"iou={t.iou} is the NMS threshold of per-epoch validation, not a box-loss or "
-            "matching threshold: it does not make boxes tighter.",
-        ))
+        out.append(
+            LintWarning(
+                code="TRAIN_IOU",
+                field="train.iou",
+                message=f"iou={t.iou} is the NMS threshold of per-epoch validation, not a box-loss or "
+                "matching threshold: it does not make boxes tighter.",
+            )
+        )
     if t.close_mosaic >= t.epochs and t.mosaic > 0:
-        out.append(LintWarning(
-            code="CLOSE_MOSAIC_GE_EPOCHS", field="train.close_mosaic",
-            message=f"close_mosaic={t.close_mosaic} >= epochs={t.epochs}: mosaic={t.mosaic} is never used.",
-        ))
+        out.append(
+            LintWarning(
+                code="CLOSE_MOSAIC_GE_EPOCHS",
+                field="train.close_mosaic",
+                message=f"close_mosaic={t.close_mosaic} >= epochs={t.epochs}: mosaic={t.mosaic} is never used.",
+            )
+        )
     if t.optimizer != "auto" and t.warmup_epochs > 0 and t.warmup_bias_lr > 10 * t.lr0:
-        out.append(LintWarning(
-            code="WARMUP_BIAS_LR", field="train.warmup_bias_lr",
-            message=f"warmup_bias_lr={t.warmup_bias_lr} is {t.warmup_bias_lr / t.lr0:.0f}x lr0={t.lr0}: "
-            "bias parameters start warmup at that rate (see lr/pg0 in results.csv). Set it near lr0.",
-        ))
+        out.append(
+            LintWarning(
+                code="WARMUP_BIAS_LR",
+                field="train.warmup_bias_lr",
+                message=f"warmup_bias_lr={t.warmup_bias_lr} is {t.warmup_bias_lr / t.lr0:.0f}x lr0={t.lr0}: "
+                "bias parameters start warmup at that rate (see lr/pg0 in results.csv). Set it near lr0.",
+            )
+        )
     if native_imgsz and isinstance(t.imgsz, int) and t.imgsz > 1.5 * native_imgsz:
         factor = (t.imgsz / native_imgsz) ** 2
-        out.append(LintWarning(
-            code="IMGSZ_ABOVE_NATIVE", field="train.imgsz",
-            message=f"imgsz={t.imgsz} upsamples images whose largest side is {native_imgsz} px: "
-            f"~{factor:.1f}x the compute for no new detail. Use imgsz: native.",
-        ))
+        out.append(
+            LintWarning(
+                code="IMGSZ_ABOVE_NATIVE",
+                field="train.imgsz",
+                message=f"imgsz={t.imgsz} upsamples images whose largest side is {native_imgsz} px: "
+                f"~{factor:.1f}x the compute for no new detail. Use imgsz: native.",
+            )
+        )
     if t.save_period == 0:
-        out.append(LintWarning(code="SAVE_PERIOD_ZERO", field="train.save_period",
-                               message="save_period=0 is treated as off; use -1 or a positive period."))
+        out.append(
+            LintWarning(
+                code="SAVE_PERIOD_ZERO",
+                field="train.save_period",
+                message="save_period=0 is treated as off; use -1 or a positive period.",
+            )
+        )
     return out
 
 

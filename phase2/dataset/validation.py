@@ -34,7 +34,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, PrivateAttr
 
-from tasks.settings import CLASS_NAMES, MINORITY_CLASS
+from phase2.infra.settings import CLASS_NAMES, MINORITY_CLASS
 
 # Same set as ultralytics.data.utils.IMG_FORMATS (kept here: importing ultralytics costs ~1 s).
 IMG_FORMATS = frozenset(
@@ -48,8 +48,14 @@ MIN_IMAGE_SIDE = 10  # Ultralytics rejects images below 10 px
 # PIL's own default limit; set explicitly because Ultralytics may set Image.MAX_IMAGE_PIXELS = None.
 MAX_IMAGE_PIXELS = 89_478_485
 PIL_FORMAT_EXTENSIONS = {
-    "JPEG": {"jpg", "jpeg"}, "MPO": {"jpg", "jpeg", "mpo"}, "PNG": {"png"}, "BMP": {"bmp"},
-    "TIFF": {"tif", "tiff", "dng"}, "WEBP": {"webp"}, "JPEG2000": {"jp2"}, "AVIF": {"avif"},
+    "JPEG": {"jpg", "jpeg"},
+    "MPO": {"jpg", "jpeg", "mpo"},
+    "PNG": {"png"},
+    "BMP": {"bmp"},
+    "TIFF": {"tif", "tiff", "dng"},
+    "WEBP": {"webp"},
+    "JPEG2000": {"jp2"},
+    "AVIF": {"avif"},
     "HEIF": {"heic", "heif"},
 }
 
@@ -74,13 +80,25 @@ CODES: dict[str, tuple[Severity, str]] = {
     "YAML_NAMES_INVALID": (Severity.error, "names must be a list, or a dict with keys 0..nc-1"),
     "YAML_NAMES_DUPLICATE": (Severity.error, "give every class a unique name"),
     "YAML_NAMES_EXPECTED": (Severity.error, "list exactly the recipe's class names, in the recipe's order"),
-    "YAML_PATH_RELATIVE": (Severity.warning, "make 'path:' absolute or remove it (then paths resolve against the yaml's folder)"),
+    "YAML_PATH_RELATIVE": (
+        Severity.warning,
+        "make 'path:' absolute or remove it (then paths resolve against the yaml's folder)",
+    ),
     "YAML_PATH_ESCAPES_ROOT": (Severity.error, "keep every split inside the dataset root (no '..' out of it)"),
     "SPLIT_MISSING": (Severity.error, "create the folder/list or fix the split path in data.yaml"),
-    "SPLIT_EMPTY": (Severity.error, "put images in the split (allowed formats: " + ", ".join(sorted(IMG_FORMATS)) + ")"),
+    "SPLIT_EMPTY": (
+        Severity.error,
+        "put images in the split (allowed formats: " + ", ".join(sorted(IMG_FORMATS)) + ")",
+    ),
     "SPLIT_LIST_UNREADABLE": (Severity.error, "a split .txt list must be UTF-8 text, one image path per line"),
-    "SPLIT_LIST_ENTRY_IGNORED": (Severity.warning, "list only image paths with an allowed extension, no trailing spaces"),
-    "SPLIT_LIST_CWD_RELATIVE": (Severity.warning, "start relative entries with './' (relative to the list) or use absolute paths"),
+    "SPLIT_LIST_ENTRY_IGNORED": (
+        Severity.warning,
+        "list only image paths with an allowed extension, no trailing spaces",
+    ),
+    "SPLIT_LIST_CWD_RELATIVE": (
+        Severity.warning,
+        "start relative entries with './' (relative to the list) or use absolute paths",
+    ),
     "IMG_OUTSIDE_ROOT": (Severity.error, "copy the image into the dataset root and list it from there"),
     "IMG_SYMLINK_ESCAPES": (Severity.error, "replace the symlink by a copy of the file inside the dataset root"),
     "IMG_MISSING": (Severity.error, "remove the entry from the split list or restore the image"),
@@ -89,7 +107,10 @@ CODES: dict[str, tuple[Severity, str]] = {
     "IMG_NOT_IMAGE": (Severity.error, "remove the file or replace it with a real image"),
     "IMG_FORMAT": (Severity.error, "convert the image to JPEG or PNG"),
     "IMG_EXT_MISMATCH": (Severity.warning, "rename the file to the extension of its real format"),
-    "IMG_DECOMPRESSION_BOMB": (Severity.error, "downscale the image (its pixel count exceeds the decompression-bomb guard)"),
+    "IMG_DECOMPRESSION_BOMB": (
+        Severity.error,
+        "downscale the image (its pixel count exceeds the decompression-bomb guard)",
+    ),
     "IMG_CORRUPT": (Severity.error, "re-export the image: it does not decode completely"),
     "IMG_JPEG_NO_EOI": (Severity.error, "re-encode the JPEG (Ultralytics would rewrite it in place during training)"),
     "IMG_TOO_SMALL": (Severity.error, "remove the image or re-export it at >= 10 px per side"),
@@ -106,7 +127,10 @@ CODES: dict[str, tuple[Severity, str]] = {
     "LBL_BOX_NONPOSITIVE": (Severity.error, "width and height must be > 0; delete the degenerate box"),
     "LBL_COORD_RANGE": (Severity.error, "normalise coordinates to [0, 1] (divide pixels by image width/height)"),
     "LBL_BOX_OUTSIDE": (Severity.error, "clip the box to the image"),
-    "LBL_SEGMENT": (Severity.error, "convert polygons explicitly with convert_segment_labels() into a copy, or label boxes"),
+    "LBL_SEGMENT": (
+        Severity.error,
+        "convert polygons explicitly with convert_segment_labels() into a copy, or label boxes",
+    ),
     "LBL_MIXED_FORMATS": (Severity.error, "use one format per file: all boxes or all polygons"),
     "LBL_DUPLICATE_ROW": (Severity.warning, "delete the repeated row (Ultralytics drops it silently)"),
     "LBL_BOX_TINY": (Severity.warning, "train at a larger imgsz, or drop boxes too small to learn"),
@@ -148,10 +172,18 @@ class Finding(BaseModel):
         return f"{self.file}:{self.line}" if self.line else (self.file or "-")
 
 
-def _finding(code: str, file: Path | str | None, message: str, line: int | None = None, fix: str | None = None) -> Finding:
+def _finding(
+    code: str, file: Path | str | None, message: str, line: int | None = None, fix: str | None = None
+) -> Finding:
     severity, default_fix = CODES[code]
-    return Finding(code=code, severity=severity, file=None if file is None else str(file), line=line,
-                   message=message, fix=fix or default_fix)
+    return Finding(
+        code=code,
+        severity=severity,
+        file=None if file is None else str(file),
+        line=line,
+        message=message,
+        fix=fix or default_fix,
+    )
 
 
 class GroupMember(BaseModel):
@@ -238,22 +270,32 @@ class ValidationReport(BaseModel):
             "| split | images | labelled | background | instances | per image |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        lines += [f"| {s.split} | {s.images} | {s.labelled_images} | {s.background_images} | {s.instances} "
-                  f"| {s.instances_per_image:.2f} |" for s in self.splits]
+        lines += [
+            f"| {s.split} | {s.images} | {s.labelled_images} | {s.background_images} | {s.instances} "
+            f"| {s.instances_per_image:.2f} |"
+            for s in self.splits
+        ]
         if self.classes:
             splits = [s.split for s in self.splits]
             lines += ["", "| class | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
             by_key = {(c.split, c.class_name): c.instances for c in self.classes}
-            lines += [f"| {n} | " + " | ".join(str(by_key.get((s, n), 0)) for s in splits) + " |"
-                      for n in self.class_names]
+            lines += [
+                f"| {n} | " + " | ".join(str(by_key.get((s, n), 0)) for s in splits) + " |" for n in self.class_names
+            ]
         if self.native_sizes:
             sizes = ", ".join(f"{n.width}x{n.height} ({n.images})" for n in self.native_sizes)
-            lines += ["", f"Native sizes: {sizes}. Recommended imgsz: **{self.recommended_imgsz}** "
-                      f"(recipe {self.imgsz}; compute saved {100 * (self.compute_saved_fraction or 0):.0f}%)."]
+            lines += [
+                "",
+                f"Native sizes: {sizes}. Recommended imgsz: **{self.recommended_imgsz}** "
+                f"(recipe {self.imgsz}; compute saved {100 * (self.compute_saved_fraction or 0):.0f}%).",
+            ]
         if self.minority:
             m = self.minority
-            lines += ["", f"Minority class `{m.class_name}` in val: {m.val_instances} instances in {m.val_images} "
-                      f"images (target {m.val_target}, shortfall {m.shortfall})."]
+            lines += [
+                "",
+                f"Minority class `{m.class_name}` in val: {m.val_instances} instances in {m.val_images} "
+                f"images (target {m.val_target}, shortfall {m.shortfall}).",
+            ]
         cross = [g for g in self.duplicate_groups if g.cross_split]
         lines += ["", f"Duplicate groups: {len(self.duplicate_groups)} ({len(cross)} spanning splits)."]
         lines += ["", "| code | severity | count |", "|---|---|---:|"]
@@ -261,7 +303,9 @@ class ValidationReport(BaseModel):
         ranked = sorted(self.findings, key=lambda f: list(Severity).index(f.severity))[:top]
         if ranked:
             lines += ["", "## Top findings", "", "| severity | code | where | message | fix |", "|---|---|---|---|---|"]
-            lines += [f"| {f.severity} | {f.code} | `{f.location()}` | {_md(f.message)} | {_md(f.fix)} |" for f in ranked]
+            lines += [
+                f"| {f.severity} | {f.code} | `{f.location()}` | {_md(f.message)} | {_md(f.fix)} |" for f in ranked
+            ]
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: Path) -> dict[str, Path]:
@@ -352,26 +396,38 @@ def _load_yaml(data_yaml: Path) -> _Config:
         raise DatasetConfigError("YAML_UNREADABLE", data_yaml, f"cannot read: {e.strerror}") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise DatasetConfigError("YAML_PARSE", data_yaml, f"invalid YAML: {getattr(e, 'problem', e)}",
-                                 line=mark.line + 1 if mark else None) from e
+        raise DatasetConfigError(
+            "YAML_PARSE", data_yaml, f"invalid YAML: {getattr(e, 'problem', e)}", line=mark.line + 1 if mark else None
+        ) from e
     if not isinstance(meta, dict):
         raise DatasetConfigError("YAML_NOT_MAPPING", data_yaml, f"top level is {type(meta).__name__}, not a mapping")
     config = _Config(data_yaml=data_yaml, meta=meta, key_lines=_key_lines(text))
     lines = config.key_lines
-    for key, types in {"path": (str,), "train": (str, list), "val": (str, list), "test": (str, list),
-                       "names": (list, dict)}.items():
+    for key, types in {
+        "path": (str,),
+        "train": (str, list),
+        "val": (str, list),
+        "test": (str, list),
+        "names": (list, dict),
+    }.items():
         if meta.get(key) is not None and not isinstance(meta[key], types):
             expected = " or ".join(t.__name__ for t in types)
-            raise DatasetConfigError("YAML_KEY_TYPE", data_yaml, f"'{key}' must be {expected}, not "
-                                     f"{type(meta[key]).__name__}", line=lines.get(key))
+            raise DatasetConfigError(
+                "YAML_KEY_TYPE",
+                data_yaml,
+                f"'{key}' must be {expected}, not {type(meta[key]).__name__}",
+                line=lines.get(key),
+            )
     if "val" not in meta and "validation" in meta:
         meta["val"] = meta.pop("validation")
-        config.findings.append(_finding("YAML_VALIDATION_KEY", data_yaml, "'validation:' used instead of 'val:'",
-                                        lines.get("validation")))
+        config.findings.append(
+            _finding("YAML_VALIDATION_KEY", data_yaml, "'validation:' used instead of 'val:'", lines.get("validation"))
+        )
     for key in ("train", "val"):
         if not meta.get(key):
-            raise DatasetConfigError("YAML_SPLIT_KEY_MISSING", data_yaml, f"'{key}:' key missing or empty",
-                                     line=lines.get(key))
+            raise DatasetConfigError(
+                "YAML_SPLIT_KEY_MISSING", data_yaml, f"'{key}:' key missing or empty", line=lines.get(key)
+            )
     return config
 
 
@@ -387,8 +443,14 @@ def _check_names(config: _Config, expected_names: Sequence[str]) -> None:
         except (TypeError, ValueError):
             by_id = {}
         if not by_id or sorted(by_id) != list(range(len(by_id))):
-            add(_finding("YAML_NAMES_INVALID", file, f"names keys {list(names)} are not 0..{len(names) - 1}",
-                         lines.get("names")))
+            add(
+                _finding(
+                    "YAML_NAMES_INVALID",
+                    file,
+                    f"names keys {list(names)} are not 0..{len(names) - 1}",
+                    lines.get("names"),
+                )
+            )
             return
         names = [by_id[i] for i in range(len(by_id))]
     names = [str(n) for n in names]
@@ -402,14 +464,23 @@ def _check_names(config: _Config, expected_names: Sequence[str]) -> None:
         if nc_int is None:
             add(_finding("YAML_NC_NOT_INT", file, f"'nc: {nc}' is not an integer", lines.get("nc")))
         elif nc_int != len(names):
-            add(_finding("YAML_NC_MISMATCH", file, f"nc is {nc_int} but names has {len(names)} entries",
-                         lines.get("nc")))
+            add(
+                _finding(
+                    "YAML_NC_MISMATCH", file, f"nc is {nc_int} but names has {len(names)} entries", lines.get("nc")
+                )
+            )
     repeated = sorted(n for n, c in Counter(names).items() if c > 1)
     if repeated:
         add(_finding("YAML_NAMES_DUPLICATE", file, f"class names repeated: {repeated}", lines.get("names")))
     if expected_names and list(names) != list(expected_names):
-        add(_finding("YAML_NAMES_EXPECTED", file, f"names are {names}, the recipe expects {list(expected_names)}",
-                     lines.get("names")))
+        add(
+            _finding(
+                "YAML_NAMES_EXPECTED",
+                file,
+                f"names are {names}, the recipe expects {list(expected_names)}",
+                lines.get("names"),
+            )
+        )
 
 
 def _datasets_dir() -> Path:
@@ -429,9 +500,15 @@ def _resolve_splits(config: _Config) -> None:
     if meta.get("path"):
         root = Path(meta["path"])
         if not root.is_absolute():
-            add(_finding("YAML_PATH_RELATIVE", file, f"relative 'path: {meta['path']}' resolves against the "
-                         "current directory, or else Ultralytics' datasets_dir, not the yaml's folder",
-                         lines.get("path")))
+            add(
+                _finding(
+                    "YAML_PATH_RELATIVE",
+                    file,
+                    f"relative 'path: {meta['path']}' resolves against the "
+                    "current directory, or else Ultralytics' datasets_dir, not the yaml's folder",
+                    lines.get("path"),
+                )
+            )
             if not root.exists():
                 root = _datasets_dir() / root
         root = root.resolve()
@@ -452,8 +529,14 @@ def _resolve_splits(config: _Config) -> None:
         images: list[str] = []
         for target in targets:
             if not _is_within(target, root):
-                add(_finding("YAML_PATH_ESCAPES_ROOT", file, f"{split} path {target} is outside the dataset "
-                             f"root {root}", lines.get(split)))
+                add(
+                    _finding(
+                        "YAML_PATH_ESCAPES_ROOT",
+                        file,
+                        f"{split} path {target} is outside the dataset root {root}",
+                        lines.get(split),
+                    )
+                )
             if target.is_dir():
                 images += glob.glob(str(Path(glob.escape(str(target))) / "**" / "*.*"), recursive=True)
             elif target.is_file():
@@ -461,10 +544,14 @@ def _resolve_splits(config: _Config) -> None:
             else:
                 add(_finding("SPLIT_MISSING", file, f"{split}: {target} does not exist", lines.get(split)))
         kept = sorted(x for x in images if x.rpartition(".")[-1].lower() in IMG_FORMATS)
-        if not kept and not any(f.code == "SPLIT_MISSING" and f.message.startswith(f"{split}:")
-                                for f in config.findings):
-            add(_finding("SPLIT_EMPTY", file, f"{split}: no images found in {', '.join(map(str, targets))}",
-                         lines.get(split)))
+        if not kept and not any(
+            f.code == "SPLIT_MISSING" and f.message.startswith(f"{split}:") for f in config.findings
+        ):
+            add(
+                _finding(
+                    "SPLIT_EMPTY", file, f"{split}: no images found in {', '.join(map(str, targets))}", lines.get(split)
+                )
+            )
         config.splits[split] = kept
 
 
@@ -481,11 +568,20 @@ def _read_image_list(list_file: Path, split: str, add) -> list[str]:
         if not raw.strip():
             continue
         if entry.rpartition(".")[-1].lower() not in IMG_FORMATS:
-            add(_finding("SPLIT_LIST_ENTRY_IGNORED", list_file, f"Ultralytics ignores {raw!r} (extension not "
-                         "an image format)", lineno))
+            add(
+                _finding(
+                    "SPLIT_LIST_ENTRY_IGNORED",
+                    list_file,
+                    f"Ultralytics ignores {raw!r} (extension not an image format)",
+                    lineno,
+                )
+            )
         elif not os.path.isabs(entry):
-            add(_finding("SPLIT_LIST_CWD_RELATIVE", list_file, f"{raw!r} resolves against the current directory",
-                         lineno))
+            add(
+                _finding(
+                    "SPLIT_LIST_CWD_RELATIVE", list_file, f"{raw!r} resolves against the current directory", lineno
+                )
+            )
         entries.append(entry)
     return entries
 
@@ -570,7 +666,11 @@ def _inspect_image(path: str, root: Path | None, known: dict[str, dict] | None =
         if grey is not None:
             result.phash_low = _phash_low(grey)
     result.format, result.width, result.height, result.phash = (
-        facts["format"], facts["width"], facts["height"], facts["phash"])
+        facts["format"],
+        facts["width"],
+        facts["height"],
+        facts["phash"],
+    )
     result.findings += [_finding(code, path, message) for code, message in facts["problems"]]
     ext = path.rpartition(".")[-1].lower()
     if facts["format"] and ext not in PIL_FORMAT_EXTENSIONS.get(facts["format"], {ext}):
@@ -610,7 +710,7 @@ def _decode(data: bytes) -> tuple[dict, np.ndarray | None]:
         except Image.DecompressionBombError as e:
             problems.append(("IMG_DECOMPRESSION_BOMB", str(e)))
             return facts, None
-        except Exception as e:  # noqa: BLE001 - any decoder failure is a finding, never a crash
+        except Exception as e:
             problems.append(("IMG_CORRUPT", f"header unreadable: {e}"))
             return facts, None
         facts["format"] = im.format
@@ -620,21 +720,23 @@ def _decode(data: bytes) -> tuple[dict, np.ndarray | None]:
             return facts, None
         try:
             orientation = im.getexif().get(274)
-        except Exception:  # noqa: BLE001 - a broken EXIF block is not fatal for training
+        except Exception:
             orientation = None
     if width * height > MAX_IMAGE_PIXELS:
-        problems.append(("IMG_DECOMPRESSION_BOMB", f"{width}x{height} = {width * height} px exceeds "
-                         f"{MAX_IMAGE_PIXELS} px"))
+        problems.append(
+            ("IMG_DECOMPRESSION_BOMB", f"{width}x{height} = {width * height} px exceeds {MAX_IMAGE_PIXELS} px")
+        )
         return facts, None
     if orientation in {5, 6, 7, 8}:  # rotated 90/270: Ultralytics swaps width and height
         width, height = height, width
     if orientation not in (None, 1):
-        problems.append(("IMG_EXIF_ORIENTATION", f"EXIF orientation {orientation}: Ultralytics rotates the "
-                         "image when loading"))
+        problems.append(
+            ("IMG_EXIF_ORIENTATION", f"EXIF orientation {orientation}: Ultralytics rotates the image when loading")
+        )
     facts["width"], facts["height"] = width, height
     try:
         grey = _decode_jpeg_grey(data) if facts["format"] in {"JPEG", "MPO"} else _decode_pil_grey(im)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         problems.append(("IMG_CORRUPT", f"does not decode completely: {e}"))
         return facts, None
     if min(width, height) < MIN_IMAGE_SIDE:
@@ -664,10 +766,11 @@ def _plain_jpeg_header(data: bytes) -> tuple[int, int] | None:
             continue
         if marker == 0xDA:  # start of scan: no metadata after this
             break
-        if (marker == 0xE1 and data.startswith(b"Exif\x00\x00", pos + 4)) or \
-                (marker == 0xE2 and data.startswith(b"MPF\x00", pos + 4)):
+        if (marker == 0xE1 and data.startswith(b"Exif\x00\x00", pos + 4)) or (
+            marker == 0xE2 and data.startswith(b"MPF\x00", pos + 4)
+        ):
             return None
-        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
@@ -681,8 +784,9 @@ def _decode_jpeg_grey(data: bytes) -> np.ndarray:
     strict=True turns libjpeg's damage warnings into errors; other refusals (colour conversions
     libjpeg-turbo lacks) fall back to PIL."""
     try:
-        return simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=PHASH_SIDE, min_width=PHASH_SIDE,
-                                      strict=True)[..., 0]
+        return simplejpeg.decode_jpeg(
+            data, colorspace="GRAY", min_height=PHASH_SIDE, min_width=PHASH_SIDE, strict=True
+        )[..., 0]
     except ValueError as e:
         if any(marker in str(e) for marker in _JPEG_DAMAGE):
             raise ValueError(f"damaged JPEG data ({e})") from e
@@ -734,12 +838,17 @@ def _phash_batch(greys: Sequence[np.ndarray]) -> list[int]:
 
 def _chunks(items: list, n: int) -> list[list]:
     size = max(1, math.ceil(len(items) / n))
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _inspect_images(paths: list[str], root: Path | None, pool: ThreadPoolExecutor,
-                    known: dict[str, dict] | None = None, labels: list[str] = (), nc: int = 0,
-                    ) -> Callable[[], tuple[list[_ImageResult], list[_LabelResult]]]:
+def _inspect_images(
+    paths: list[str],
+    root: Path | None,
+    pool: ThreadPoolExecutor,
+    known: dict[str, dict] | None = None,
+    labels: list[str] = (),
+    nc: int = 0,
+) -> Callable[[], tuple[list[_ImageResult], list[_LabelResult]]]:
     """Start inspecting `paths` (and parsing `labels`) in `pool`; returns a function that waits for the
     results and adds the images' perceptual hashes.
 
@@ -750,8 +859,9 @@ def _inspect_images(paths: list[str], root: Path | None, pool: ThreadPoolExecuto
     image_futures, label_futures = [], []
     for image_chunk, label_chunk in itertools.zip_longest(_chunks(paths, n_chunks), _chunks(list(labels), n_chunks)):
         if image_chunk:
-            image_futures.append(pool.submit(lambda chunk: [_inspect_image(p, root, known) for p in chunk],
-                                             image_chunk))
+            image_futures.append(
+                pool.submit(lambda chunk: [_inspect_image(p, root, known) for p in chunk], image_chunk)
+            )
         if label_chunk:
             label_futures.append(pool.submit(lambda chunk: [_parse_label(p, nc) for p in chunk], label_chunk))
 
@@ -812,8 +922,16 @@ def _parse_label(path: str, nc: int) -> _LabelResult:
             bad = next(p for p in parts if not _is_float(p))
             findings.append(_finding("LBL_NOT_NUMERIC", path, f"field {bad!r} is not a number", lineno))
             continue
-        if (0 <= c < nc and not c % 1 and w > 0 and h > 0 and lo <= x - w / 2 and x + w / 2 <= hi
-                and lo <= y - h / 2 and y + h / 2 <= hi):  # fast path: a valid box passes one test
+        if (
+            0 <= c < nc
+            and not c % 1
+            and w > 0
+            and h > 0
+            and lo <= x - w / 2
+            and x + w / 2 <= hi
+            and lo <= y - h / 2
+            and y + h / 2 <= hi
+        ):  # fast path: a valid box passes one test
             key = (c, x, y, w, h)
             if key in seen:
                 findings.append(_finding("LBL_DUPLICATE_ROW", path, f"same box as line {seen[key]}", lineno))
@@ -834,19 +952,38 @@ def _parse_label(path: str, nc: int) -> _LabelResult:
             findings.append(_finding("LBL_BOX_NONPOSITIVE", path, f"width {w} / height {h} not > 0", lineno))
             continue
         if not (lo <= x <= hi and lo <= y <= hi and w <= hi and h <= hi):
-            findings.append(_finding("LBL_COORD_RANGE", path, f"coordinates {x} {y} {w} {h} not normalised to "
-                                     "[0, 1]", lineno))
+            findings.append(
+                _finding("LBL_COORD_RANGE", path, f"coordinates {x} {y} {w} {h} not normalised to [0, 1]", lineno)
+            )
             continue
         # Only failure left once the fast path rejected the row: the box crosses an image edge.
-        findings.append(_finding("LBL_BOX_OUTSIDE", path, f"box [{x - w / 2:.3f}, {y - h / 2:.3f}, "
-                                 f"{x + w / 2:.3f}, {y + h / 2:.3f}] extends outside the image", lineno))
+        findings.append(
+            _finding(
+                "LBL_BOX_OUTSIDE",
+                path,
+                f"box [{x - w / 2:.3f}, {y - h / 2:.3f}, {x + w / 2:.3f}, {y + h / 2:.3f}] extends outside the image",
+                lineno,
+            )
+        )
     if first_segment:
         if first_box:
-            findings.append(_finding("LBL_MIXED_FORMATS", path, "file mixes polygon and box rows (Ultralytics "
-                                     "drops the whole image)", first_segment))
+            findings.append(
+                _finding(
+                    "LBL_MIXED_FORMATS",
+                    path,
+                    "file mixes polygon and box rows (Ultralytics drops the whole image)",
+                    first_segment,
+                )
+            )
         else:
-            findings.append(_finding("LBL_SEGMENT", path, "polygon (segment) rows: Ultralytics would silently "
-                                     "convert them to boxes", first_segment))
+            findings.append(
+                _finding(
+                    "LBL_SEGMENT",
+                    path,
+                    "polygon (segment) rows: Ultralytics would silently convert them to boxes",
+                    first_segment,
+                )
+            )
     if any(f.severity == Severity.error for f in findings):
         result.state = "invalid"
     elif boxes:
@@ -900,8 +1037,11 @@ def _hash_images(images: dict[str, list[Path]]) -> dict[Path, _ImageResult]:
         return dict(zip(paths, _inspect_images([str(p) for p in paths], None, pool)()[0]))
 
 
-def find_duplicate_groups(images: dict[str, list[Path]] | dict[str, list[str]], phash_threshold: int = 4,
-                          hashes: dict[Any, tuple[str | None, int | None]] | None = None) -> list[DuplicateGroup]:
+def find_duplicate_groups(
+    images: dict[str, list[Path]] | dict[str, list[str]],
+    phash_threshold: int = 4,
+    hashes: dict[Any, tuple[str | None, int | None]] | None = None,
+) -> list[DuplicateGroup]:
     """Exact (sha256 of the bytes) and near (perceptual-hash Hamming <= threshold) duplicate groups.
 
     A near group joins images whose content differs but that look alike (with their exact copies).
@@ -918,8 +1058,11 @@ def find_duplicate_groups(images: dict[str, list[Path]] | dict[str, list[str]], 
 
     def group(kind: str, items: list[tuple[str, Path]]) -> DuplicateGroup:
         items = sorted(set(items), key=lambda m: (SPLITS.index(m[0]) if m[0] in SPLITS else 9, str(m[1])))
-        return DuplicateGroup(kind=kind, members=[GroupMember(split=s, image=p) for s, p in items],
-                              cross_split=len({s for s, _ in items}) > 1)
+        return DuplicateGroup(
+            kind=kind,
+            members=[GroupMember(split=s, image=p) for s, p in items],
+            cross_split=len({s for s, _ in items}) > 1,
+        )
 
     groups = [group("exact", items) for items in by_sha.values() if len(items) > 1]
     shas = [sha for sha, items in by_sha.items() if hashes[items[0][1]][1] is not None]
@@ -930,7 +1073,7 @@ def find_duplicate_groups(images: dict[str, list[Path]] | dict[str, list[str]], 
         codes = np.array([hashes[by_sha[s][0][1]][1] for s in shas], dtype=np.uint64)
         rows, cols = [], []
         for start in range(0, len(codes), 2048):  # chunks bound memory at 2048 x n
-            dist = np.bitwise_count(codes[start:start + 2048, None] ^ codes[None, :])
+            dist = np.bitwise_count(codes[start : start + 2048, None] ^ codes[None, :])
             r, c = np.nonzero(dist <= phash_threshold)
             keep = r + start < c
             rows.append(r[keep] + start)
@@ -946,6 +1089,7 @@ def find_duplicate_groups(images: dict[str, list[Path]] | dict[str, list[str]], 
 
 
 # --------------------------------------------------------------------------- the whole check
+
 
 class _FactsCache:
     """{sha256: decode facts} in one JSON file; content-keyed, so it can never be stale. The file name
@@ -968,8 +1112,19 @@ class _FactsCache:
         _atomic_write_text(self.path, json.dumps(self.facts))
 
 
-_FILE_COLUMNS = ("split", "image", "label", "label_state", "width", "height", "format", "sha256", "phash",
-                 "instances", "codes")
+_FILE_COLUMNS = (
+    "split",
+    "image",
+    "label",
+    "label_state",
+    "width",
+    "height",
+    "format",
+    "sha256",
+    "phash",
+    "instances",
+    "codes",
+)
 _BOX_COLUMNS = ("split", "image", "label", "line", "cls", "cx", "cy", "w", "h")
 
 
@@ -1011,7 +1166,8 @@ def validate_dataset(
         cache = _FactsCache(cache_dir) if cache_dir is not None else None
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             collected_images, collected_labels = _inspect_images(
-                all_paths, config.root, pool, cache.facts if cache else None, [label_of[i] for i in all_paths], nc)()
+                all_paths, config.root, pool, cache.facts if cache else None, [label_of[i] for i in all_paths], nc
+            )()
         image_results = dict(zip(all_paths, collected_images))
         label_result = dict(zip(all_paths, collected_labels))
         label_results = [label_result[image] for _, image in entries]
@@ -1031,9 +1187,21 @@ def validate_dataset(
     for k, (split, image) in enumerate(entries):
         ires, found = image_results.get(image, not_checked), label_findings[k]
         codes = ";".join(sorted({f.code for f in found + ires.findings})) if found or ires.findings else ""
-        file_rows.append((split, image, label_of[image], states[k], ires.width, ires.height, ires.format,
-                          ires.sha256, None if ires.phash is None else f"{ires.phash:016x}", int(box_counts[k]),
-                          codes))
+        file_rows.append(
+            (
+                split,
+                image,
+                label_of[image],
+                states[k],
+                ires.width,
+                ires.height,
+                ires.format,
+                ires.sha256,
+                None if ires.phash is None else f"{ires.phash:016x}",
+                int(box_counts[k]),
+                codes,
+            )
+        )
     split_states = {split: Counter() for split in images}
     for (split, _), state in zip(entries, states):
         split_states[split][state] += 1
@@ -1041,12 +1209,22 @@ def validate_dataset(
         states_here = split_states[split]
         background = states_here["missing"] + states_here["empty"]
         if paths and states_here["missing"] == len(paths):
-            findings.append(_finding("LBL_SPLIT_UNLABELLED", os.path.dirname(label_of[paths[0]]),
-                                     f"{split}: none of its {len(paths)} images has a label file"))
+            findings.append(
+                _finding(
+                    "LBL_SPLIT_UNLABELLED",
+                    os.path.dirname(label_of[paths[0]]),
+                    f"{split}: none of its {len(paths)} images has a label file",
+                )
+            )
         elif background:
-            findings.append(_finding("IMG_NO_LABEL", os.path.dirname(label_of[paths[0]]),
-                                     f"{split}: {states_here['missing']} images without a label file and "
-                                     f"{states_here['empty']} with an empty one are trained as background"))
+            findings.append(
+                _finding(
+                    "IMG_NO_LABEL",
+                    os.path.dirname(label_of[paths[0]]),
+                    f"{split}: {states_here['missing']} images without a label file and "
+                    f"{states_here['empty']} with an empty one are trained as background",
+                )
+            )
     files = pd.DataFrame(file_rows, columns=list(_FILE_COLUMNS))
     boxes = pd.DataFrame(box_array, columns=list(_BOX_COLUMNS[3:])).astype({"line": np.int64, "cls": np.int64})
     owner = files.iloc[np.repeat(np.arange(len(files)), files["instances"].to_numpy(dtype=np.int64))]
@@ -1060,8 +1238,15 @@ def validate_dataset(
     boxes["w_px"], boxes["h_px"] = boxes["w"] * scale_w, boxes["h"] * scale_h
     boxes["w_native"], boxes["h_native"] = boxes["w"] * boxes["width"], boxes["h"] * boxes["height"]
     tiny = boxes[(boxes["w_px"] < min_box_px) | (boxes["h_px"] < min_box_px)]
-    findings.extend(_finding("LBL_BOX_TINY", t.label, f"box is {t.w_px:.1f}x{t.h_px:.1f} px at imgsz {imgsz} "
-                             f"(< {min_box_px} px)", int(t.line)) for t in tiny.itertuples())
+    findings.extend(
+        _finding(
+            "LBL_BOX_TINY",
+            t.label,
+            f"box is {t.w_px:.1f}x{t.h_px:.1f} px at imgsz {imgsz} (< {min_box_px} px)",
+            int(t.line),
+        )
+        for t in tiny.itertuples()
+    )
 
     duplicate_groups: list[DuplicateGroup] = []
     if check_images:
@@ -1070,11 +1255,20 @@ def validate_dataset(
         findings.extend(_duplicate_finding(g) for g in duplicate_groups)
 
     report = ValidationReport(
-        data_yaml=data_yaml, dataset_root=config.root, imgsz=imgsz, phash_threshold=phash_threshold,
-        images_checked=check_images, class_names=config.names, findings=findings,
-        splits=_split_stats(images, files), classes=_class_stats(images, files, boxes, config.names),
-        duplicate_groups=duplicate_groups, native_sizes=[], recommended_imgsz=None,
-        compute_saved_fraction=None, minority=None,
+        data_yaml=data_yaml,
+        dataset_root=config.root,
+        imgsz=imgsz,
+        phash_threshold=phash_threshold,
+        images_checked=check_images,
+        class_names=config.names,
+        findings=findings,
+        splits=_split_stats(images, files),
+        classes=_class_stats(images, files, boxes, config.names),
+        duplicate_groups=duplicate_groups,
+        native_sizes=[],
+        recommended_imgsz=None,
+        compute_saved_fraction=None,
+        minority=None,
     )
     _size_advice(report, files)
     _minority_stats(report, boxes, minority_class, minority_val_target)
@@ -1082,12 +1276,25 @@ def validate_dataset(
     return report
 
 
-def _empty_report(data_yaml: Path, imgsz: int, phash_threshold: int, check_images: bool,
-                  findings: list[Finding]) -> ValidationReport:
-    return ValidationReport(data_yaml=data_yaml, dataset_root=None, imgsz=imgsz, phash_threshold=phash_threshold,
-                            images_checked=check_images, class_names=[], findings=findings, splits=[], classes=[],
-                            duplicate_groups=[], native_sizes=[], recommended_imgsz=None,
-                            compute_saved_fraction=None, minority=None)
+def _empty_report(
+    data_yaml: Path, imgsz: int, phash_threshold: int, check_images: bool, findings: list[Finding]
+) -> ValidationReport:
+    return ValidationReport(
+        data_yaml=data_yaml,
+        dataset_root=None,
+        imgsz=imgsz,
+        phash_threshold=phash_threshold,
+        images_checked=check_images,
+        class_names=[],
+        findings=findings,
+        splits=[],
+        classes=[],
+        duplicate_groups=[],
+        native_sizes=[],
+        recommended_imgsz=None,
+        compute_saved_fraction=None,
+        minority=None,
+    )
 
 
 def _orphan_labels(expected: set[str]) -> list[Finding]:
@@ -1098,8 +1305,11 @@ def _orphan_labels(expected: set[str]) -> list[Finding]:
             entries = list(os.scandir(folder))
         except OSError:
             continue
-        found += [_finding("LBL_ORPHAN", e.path, "label has no image in any split") for e in entries
-                  if e.name.endswith(".txt") and e.path not in expected]
+        found += [
+            _finding("LBL_ORPHAN", e.path, "label has no image in any split")
+            for e in entries
+            if e.name.endswith(".txt") and e.path not in expected
+        ]
     return found
 
 
@@ -1107,11 +1317,17 @@ def _duplicate_finding(group: DuplicateGroup) -> Finding:
     listing = ", ".join(f"{m.split}:{m.image}" for m in group.members)
     if group.cross_split:
         splits = sorted({m.split for m in group.members}, key=lambda s: SPLITS.index(s) if s in SPLITS else 9)
-        return _finding("DUP_CROSS_SPLIT", group.members[0].image, f"{group.kind} duplicates across "
-                        f"{'/'.join(splits)} (leakage): {listing}")
+        return _finding(
+            "DUP_CROSS_SPLIT",
+            group.members[0].image,
+            f"{group.kind} duplicates across {'/'.join(splits)} (leakage): {listing}",
+        )
     code = "DUP_EXACT_WITHIN" if group.kind == "exact" else "DUP_NEAR_WITHIN"
-    return _finding(code, group.members[0].image, f"{len(group.members)} {group.kind} duplicates in "
-                    f"{group.members[0].split}: {listing}")
+    return _finding(
+        code,
+        group.members[0].image,
+        f"{len(group.members)} {group.kind} duplicates in {group.members[0].split}: {listing}",
+    )
 
 
 def _split_stats(images: dict[str, list[str]], files: pd.DataFrame) -> list[SplitStats]:
@@ -1120,14 +1336,22 @@ def _split_stats(images: dict[str, list[str]], files: pd.DataFrame) -> list[Spli
         rows = files[files["split"] == split]
         labelled = int((rows["label_state"] == "ok").sum())
         instances = int(rows["instances"].sum())
-        stats.append(SplitStats(split=split, images=len(paths), labelled_images=labelled,
-                                background_images=int(rows["label_state"].isin(["missing", "empty"]).sum()),
-                                instances=instances, instances_per_image=instances / max(1, len(paths))))
+        stats.append(
+            SplitStats(
+                split=split,
+                images=len(paths),
+                labelled_images=labelled,
+                background_images=int(rows["label_state"].isin(["missing", "empty"]).sum()),
+                instances=instances,
+                instances_per_image=instances / max(1, len(paths)),
+            )
+        )
     return stats
 
 
-def _class_stats(images: dict[str, list[str]], files: pd.DataFrame, boxes: pd.DataFrame,
-                 names: list[str]) -> list[ClassStats]:
+def _class_stats(
+    images: dict[str, list[str]], files: pd.DataFrame, boxes: pd.DataFrame, names: list[str]
+) -> list[ClassStats]:
     # A mask per (split, class) on plain arrays: a pandas groupby with five aggregations costs ~50x more
     # here, and the validator's own time is benchmarked against Ultralytics' scan.
     split_of, cls_of, image_of = (boxes[c].to_numpy() for c in ("split", "cls", "image"))
@@ -1144,11 +1368,19 @@ def _class_stats(images: dict[str, list[str]], files: pd.DataFrame, boxes: pd.Da
         for cls, name in enumerate(names):
             mask = in_split & (cls_of == cls)
             n = int(mask.sum())
-            out.append(ClassStats(split=split, class_id=cls, class_name=name, images=len(set(image_of[mask])),
-                                  instances=n, instances_per_image=n / max(1, len(paths)),
-                                  median_box_w_px=rounded(w_native[mask], np.median),
-                                  median_box_h_px=rounded(h_native[mask], np.median),
-                                  min_box_side_px_at_imgsz=rounded(min_side[mask], np.min)))
+            out.append(
+                ClassStats(
+                    split=split,
+                    class_id=cls,
+                    class_name=name,
+                    images=len(set(image_of[mask])),
+                    instances=n,
+                    instances_per_image=n / max(1, len(paths)),
+                    median_box_w_px=rounded(w_native[mask], np.median),
+                    median_box_h_px=rounded(h_native[mask], np.median),
+                    min_box_side_px_at_imgsz=rounded(min_side[mask], np.min),
+                )
+            )
     return out
 
 
@@ -1163,11 +1395,15 @@ def _size_advice(report: ValidationReport, files: pd.DataFrame) -> None:
     report.recommended_imgsz = recommended
     report.compute_saved_fraction = round(max(0.0, 1 - (recommended / report.imgsz) ** 2), 4)
     if recommended < report.imgsz:
-        report.findings.append(_finding(
-            "IMGSZ_ABOVE_NATIVE", report.data_yaml,
-            f"largest native side is {largest} px but the recipe trains at {report.imgsz}: imgsz {recommended} "
-            f"covers it with {100 * report.compute_saved_fraction:.0f}% less compute",
-            fix=f"set imgsz: {recommended} in the recipe"))
+        report.findings.append(
+            _finding(
+                "IMGSZ_ABOVE_NATIVE",
+                report.data_yaml,
+                f"largest native side is {largest} px but the recipe trains at {report.imgsz}: imgsz {recommended} "
+                f"covers it with {100 * report.compute_saved_fraction:.0f}% less compute",
+                fix=f"set imgsz: {recommended} in the recipe",
+            )
+        )
 
 
 def _minority_stats(report: ValidationReport, boxes: pd.DataFrame, minority_class: str, target: int) -> None:
@@ -1175,12 +1411,21 @@ def _minority_stats(report: ValidationReport, boxes: pd.DataFrame, minority_clas
         return
     cls = report.class_names.index(minority_class)
     val = boxes[(boxes["split"] == "val") & (boxes["cls"] == cls)]
-    report.minority = MinorityStats(class_name=minority_class, val_instances=len(val),
-                                    val_images=int(val["image"].nunique()), val_target=target,
-                                    shortfall=max(0, target - len(val)))
+    report.minority = MinorityStats(
+        class_name=minority_class,
+        val_instances=len(val),
+        val_images=int(val["image"].nunique()),
+        val_target=target,
+        shortfall=max(0, target - len(val)),
+    )
     if len(val) < target:
-        report.findings.append(_finding("MINORITY_VAL_SHORTFALL", report.data_yaml,
-                                        f"val has {len(val)} {minority_class} instances, target {target}"))
+        report.findings.append(
+            _finding(
+                "MINORITY_VAL_SHORTFALL",
+                report.data_yaml,
+                f"val has {len(val)} {minority_class} instances, target {target}",
+            )
+        )
 
 
 def ensure_valid(report: ValidationReport, allow: Iterable[str] = (), top: int = 10) -> None:
@@ -1190,8 +1435,11 @@ def ensure_valid(report: ValidationReport, allow: Iterable[str] = (), top: int =
     if not blocking:
         return
     counts = Counter(f.code for f in blocking)
-    lines = [f"{len(blocking)} dataset errors in {report.data_yaml} ("
-             + ", ".join(f"{c} x{n}" for c, n in counts.most_common()) + "):"]
+    lines = [
+        f"{len(blocking)} dataset errors in {report.data_yaml} ("
+        + ", ".join(f"{c} x{n}" for c, n in counts.most_common())
+        + "):"
+    ]
     lines += [f"  {f.code} {f.location()}: {f.message} -> fix: {f.fix}" for f in blocking[:top]]
     if len(blocking) > top:
         lines.append(f"  ... and {len(blocking) - top} more (see report.json)")

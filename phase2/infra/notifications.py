@@ -77,8 +77,7 @@ def send(notification: Notification, url: str | None = None) -> bool:
     if not url:
         return False
     body = redact(notification.model_dump_json()).encode()
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             return 200 <= response.status < 300

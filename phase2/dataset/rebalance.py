@@ -34,8 +34,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel
 
-from tasks.dataset_validation import find_duplicate_groups, label_path_for, resolve_split_images
-from tasks.hashing import sha256_bytes, sha256_file
+from phase2.dataset.validation import find_duplicate_groups, label_path_for, resolve_split_images
+from phase2.infra.files import sha256_bytes, sha256_file
 
 SPLITS = ("train", "val", "test")
 VERSION_ID_LENGTH = 16
@@ -180,7 +180,9 @@ def source_stem(image: Path) -> str:
     return stem.split(_ROBOFLOW_MARK, 1)[0]
 
 
-def group_images(images: dict[str, list[Path]], duplicate_groups: Sequence[Sequence[Path]]) -> list[list[tuple[str, Path]]]:
+def group_images(
+    images: dict[str, list[Path]], duplicate_groups: Sequence[Sequence[Path]]
+) -> list[list[tuple[str, Path]]]:
     """Connected components of (split, image) linked by duplicates, source stem or equal path.
 
     Sorted, so the output is deterministic.
@@ -308,11 +310,13 @@ def plan_rebalance(
         paths = sorted({p for _, p in members}, key=str)
         group_id = paths[0].name
         if len(member_splits) > 1:
-            leaks.append(RepairedLeak(
-                group_id=group_id,
-                kept_split=kept,
-                members=[LeakMember(split=s, image=str(p)) for s, p in members],
-            ))
+            leaks.append(
+                RepairedLeak(
+                    group_id=group_id,
+                    kept_split=kept,
+                    members=[LeakMember(split=s, image=str(p)) for s, p in members],
+                )
+            )
         counts = np.sum([instance_counts[p] for p in paths], axis=0).astype(int)
         groups.append(_Group(group_id, paths, counts, kept))
     before = CountsTable(
@@ -325,13 +329,12 @@ def plan_rebalance(
     sources = ("train", "test") if move_test and "test" in splits else ("train",)
     movable = [g for g in groups if g.split in sources]
 
-    unreachable = {
-        names[c]: r for c, t in target_idx.items() if (r := _reachable(state, movable, c)) < t
-    }
+    unreachable = {names[c]: r for c, t in target_idx.items() if (r := _reachable(state, movable, c)) < t}
     if unreachable:
         detail = "; ".join(
             f"{c}: target {targets[c]}, val holds {int(state.totals['val'][names.index(c)])} after leak "
-            f"repair, at most {r} reachable" for c, r in unreachable.items()
+            f"repair, at most {r} reachable"
+            for c, r in unreachable.items()
         )
         hint = "" if move_test else " or allow moving test groups (move_test)"
         raise RebalanceImpossible(
@@ -367,13 +370,15 @@ def plan_rebalance(
             origin = g.split
             state.move(g, "val")
             if all(_reachable(state, movable, c) >= t for c, t in target_idx.items()):
-                moved.append(MovedGroup(
-                    group_id=g.group_id,
-                    from_split=origin,
-                    to_split="val",
-                    images=[str(p) for p in g.images],
-                    instances={n: int(v) for n, v in zip(names, g.counts) if v},
-                ))
+                moved.append(
+                    MovedGroup(
+                        group_id=g.group_id,
+                        from_split=origin,
+                        to_split="val",
+                        images=[str(p) for p in g.images],
+                        instances={n: int(v) for n, v in zip(names, g.counts) if v},
+                    )
+                )
                 break
             state.move(g, origin)
         else:
@@ -418,14 +423,16 @@ def balance_frame(before: CountsTable, after: CountsTable):
         total_after = sum(after.instances[split].values())
         for cls, n_before in per_class.items():
             n_after = after.instances[split][cls]
-            rows.append({
-                "split": split,
-                "class": cls,
-                "instances_before": n_before,
-                "instances_after": n_after,
-                "share_before_pct": round(100 * n_before / total_before, 2) if total_before else 0.0,
-                "share_after_pct": round(100 * n_after / total_after, 2) if total_after else 0.0,
-            })
+            rows.append(
+                {
+                    "split": split,
+                    "class": cls,
+                    "instances_before": n_before,
+                    "instances_after": n_after,
+                    "share_before_pct": round(100 * n_before / total_before, 2) if total_before else 0.0,
+                    "share_after_pct": round(100 * n_after / total_after, 2) if total_after else 0.0,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -480,7 +487,9 @@ def rebalance_validation(
     data_yaml = Path(data_yaml).resolve()
     out_dir = Path(out_dir).resolve()
     names = load_class_names(data_yaml)
-    images = {s: sorted((Path(p).resolve() for p in paths), key=str) for s, paths in resolve_split_images(data_yaml).items()}
+    images = {
+        s: sorted((Path(p).resolve() for p in paths), key=str) for s, paths in resolve_split_images(data_yaml).items()
+    }
     _check_out_dir(out_dir, data_yaml, images)
     duplicates_source = "computed" if duplicate_groups is None else "given"
     if duplicate_groups is None:
@@ -490,8 +499,14 @@ def rebalance_validation(
     duplicate_groups = [[Path(p).resolve() for p in group] for group in duplicate_groups]
     counts = read_instance_counts((p for paths in images.values() for p in paths), len(names))
     plan = plan_rebalance(
-        images, counts, names, targets, duplicate_groups,
-        seed=seed, leak_priority=leak_priority, move_test=move_test,
+        images,
+        counts,
+        names,
+        targets,
+        duplicate_groups,
+        seed=seed,
+        leak_priority=leak_priority,
+        move_test=move_test,
     )
 
     emptied = [s for s in ("train", "val") if not plan.splits_after[s]]

@@ -12,9 +12,9 @@ import contextlib
 import fcntl
 import os
 import secrets
+import shutil
 import signal
 import socket
-import shutil
 import subprocess
 import sys
 import time
@@ -24,8 +24,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tasks.settings import S3Settings, state_dir
-from tasks.storage import ObjectStore, StorageError
+from phase2.infra.settings import S3Settings, state_dir
+from phase2.registry.storage import ObjectStore, StorageError
 
 DEFAULT_BUCKET = "phase2"
 
@@ -46,7 +46,7 @@ class SeaweedPorts(BaseModel):
     admin_grpc: int = 33646
 
     @classmethod
-    def free(cls) -> "SeaweedPorts":
+    def free(cls) -> SeaweedPorts:
         """Ports the OS reports free right now (all held open together so none repeats)."""
         sockets = []
         try:
@@ -61,12 +61,18 @@ class SeaweedPorts(BaseModel):
 
     def args(self) -> list[str]:
         return [
-            f"-s3.port={self.s3}", f"-s3.port.grpc={self.s3_grpc}",
-            f"-master.port={self.master}", f"-master.port.grpc={self.master_grpc}",
-            f"-volume.port={self.volume}", f"-volume.port.grpc={self.volume_grpc}",
-            f"-filer.port={self.filer}", f"-filer.port.grpc={self.filer_grpc}",
-            f"-admin.port={self.admin}", f"-admin.port.grpc={self.admin_grpc}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-s3.port={self.s3}",
+            f"-s3.port.grpc={self.s3_grpc}",
+            f"-master.port={self.master}",
+            f"-master.port.grpc={self.master_grpc}",
+            f"-volume.port={self.volume}",
+            f"-volume.port.grpc={self.volume_grpc}",
+            f"-filer.port={self.filer}",
+            f"-filer.port.grpc={self.filer_grpc}",
+            f"-admin.port={self.admin}",
+            f"-admin.port.grpc={self.admin_grpc}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
         ]
 
 
@@ -88,6 +94,7 @@ def process_alive(pid: int) -> bool:
 def stop_process_group(pid: int, grace: float, gone: Callable[[int], bool] | None = None) -> bool:
     """SIGTERM the process group led by `pid`, wait `grace` s, then SIGKILL; reap it if it is our
     child. `gone` overrides the "has it exited" check. Returns False if it survived SIGKILL."""
+
     def exited(pid: int) -> bool:
         with contextlib.suppress(ChildProcessError):
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -127,8 +134,14 @@ def _weed_binary() -> str:
 class SeaweedFS:
     """Start, reuse and stop one `weed mini` bound to 127.0.0.1."""
 
-    def __init__(self, state: Path | None = None, *, ports: SeaweedPorts | None = None,
-                 bucket: str = DEFAULT_BUCKET, ready_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        state: Path | None = None,
+        *,
+        ports: SeaweedPorts | None = None,
+        bucket: str = DEFAULT_BUCKET,
+        ready_timeout: float = 60.0,
+    ) -> None:
         self.root = (state or state_dir()).resolve() / "seaweedfs"
         self.data_dir = self.root / "data"
         self.log_file = self.root / "weed.log"
@@ -147,9 +160,7 @@ class SeaweedFS:
         if key_id and secret:
             return key_id, secret
         if self.credentials_file.exists():
-            values = dict(
-                line.split("=", 1) for line in self.credentials_file.read_text().splitlines() if "=" in line
-            )
+            values = dict(line.split("=", 1) for line in self.credentials_file.read_text().splitlines() if "=" in line)
             return values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"]
         key_id, secret = "phase2-" + secrets.token_hex(8), secrets.token_urlsafe(32)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -192,8 +203,10 @@ class SeaweedFS:
     def settings(self) -> S3Settings:
         env = self.env()
         return S3Settings(
-            endpoint_url=env["PHASE2_S3_ENDPOINT"], bucket=self.bucket,
-            access_key_id=env["AWS_ACCESS_KEY_ID"], secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            endpoint_url=env["PHASE2_S3_ENDPOINT"],
+            bucket=self.bucket,
+            access_key_id=env["AWS_ACCESS_KEY_ID"],
+            secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         )
 
     def is_running(self) -> bool:
@@ -209,7 +222,7 @@ class SeaweedFS:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> "SeaweedFS":
+    def start(self) -> SeaweedFS:
         """Start (or reuse the recorded running instance) and wait until S3 really serves."""
         with self._lock():
             if not self.is_running():
@@ -222,10 +235,17 @@ class SeaweedFS:
         key_id, secret = self.credentials()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
-            _weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
+            _weed_binary(),
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+            "-webdav=false",
             # A typo in the bucket name must fail, not silently create a new bucket.
-            "-s3.autoCreateBucket=false", *ports.args(),
+            "-s3.autoCreateBucket=false",
+            *ports.args(),
         ]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
         with open(self.log_file, "ab") as log:
@@ -234,8 +254,13 @@ class SeaweedFS:
             # Own session: signals to our terminal/process group don't reach it, and stop()
             # can signal its whole group.
             self._process = subprocess.Popen(
-                command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                command,
+                cwd=self.root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         record = _Instance(pid=self._process.pid, ports=ports, data_dir=str(self.data_dir))
         tmp = self.instance_file.with_suffix(".tmp")
@@ -265,8 +290,10 @@ class SeaweedFS:
             except StorageError as exc:
                 last_error = str(exc)
             time.sleep(0.5)
-        message = (f"SeaweedFS at {self.endpoint} not serving S3 after {self.ready_timeout:.0f} s "
-                   f"(last error: {last_error}); see {self.log_file}")
+        message = (
+            f"SeaweedFS at {self.endpoint} not serving S3 after {self.ready_timeout:.0f} s "
+            f"(last error: {last_error}); see {self.log_file}"
+        )
         if self._process is not None:  # ours and useless: don't leave it running
             process, self._process = self._process, None
             stop_process_group(process.pid, grace=2.0, gone=lambda _: process.poll() is not None)

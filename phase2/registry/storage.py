@@ -28,8 +28,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-from tasks.hashing import sha256_file
-from tasks.settings import S3Settings
+from phase2.infra.files import sha256_file
+from phase2.infra.settings import S3Settings
 
 SHA256_METADATA = "sha256"
 _CHUNK = 1024 * 1024
@@ -59,7 +59,7 @@ def parse_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/key`` -> ``("bucket", "some/key")``."""
     if not uri.startswith("s3://"):
         raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     if len(bucket) < 3 or not key:
         raise ValueError(f"S3 URI needs a bucket (>= 3 characters) and a key: {uri!r}")
     return bucket, key
@@ -80,8 +80,9 @@ def _client_error_code(exc: BaseException) -> tuple[str, int]:
 class ObjectStore:
     """One bucket on an S3-compatible endpoint (path-style addressing, as SeaweedFS needs)."""
 
-    def __init__(self, settings: S3Settings, *, max_attempts: int = 5, connect_timeout: float = 5,
-                 read_timeout: float = 60) -> None:
+    def __init__(
+        self, settings: S3Settings, *, max_attempts: int = 5, connect_timeout: float = 5, read_timeout: float = 60
+    ) -> None:
         self.settings = settings
         self.bucket = settings.bucket
         self._config = Config(
@@ -160,13 +161,17 @@ class ObjectStore:
                 ) from exc
             raise StorageError(f"{action} {target}: S3 error {code or status}") from exc
         except NoCredentialsError as exc:
-            raise StorageError(f"{action} {target}: no S3 credentials (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)") from exc
+            raise StorageError(
+                f"{action} {target}: no S3 credentials (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+            ) from exc
         except EndpointConnectionError as exc:
             raise StorageError(
                 f"{action} {target}: cannot reach S3 endpoint {self.settings.endpoint_url} (is the server running?)"
             ) from exc
         except (BotoCoreError, OSError) as exc:
-            raise StorageError(f"{action} {target}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise StorageError(
+                f"{action} {target}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
 
     # --- bucket ---------------------------------------------------------------------------
 
@@ -236,8 +241,15 @@ class ObjectStore:
             raise
         return dest
 
-    def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
-                  if_match: str | None = None, if_none_match: bool = False) -> str:
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
         """Single-request put (atomic); returns the new ETag."""
         conditions: dict[str, str] = {}
         if if_match is not None:
@@ -246,8 +258,12 @@ class ObjectStore:
             conditions["IfNoneMatch"] = "*"
         with self._errors("put", key):
             response = self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
-                Metadata={SHA256_METADATA: hashlib.sha256(data).hexdigest()}, **conditions,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata={SHA256_METADATA: hashlib.sha256(data).hexdigest()},
+                **conditions,
             )
         return response["ETag"]
 

@@ -1,0 +1,95 @@
+"""One pipeline run's layout: where its files live locally and under which S3 keys.
+
+Every stage, the report and the CLI find a run's files through :class:`RunLayout`; nothing
+else builds these paths by string.
+
+- local: ``<state>/pipeline/<run_key>/<stage>/…``, plus ``summary.json``
+- S3: ``runs/<run_key>/<stage>/<file name>``
+- ``<state>/pipeline/flow-runs/<flow_run_id>.json``: the summary of the flow run that made a run
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from phase2.infra.settings import state_dir
+
+Stage = Literal["validation", "dataset", "train", "selection", "production", "production-eval", "report"]
+PIPELINE_DIR = "pipeline"
+FLOW_RUNS_DIR = "flow-runs"
+S3_RUNS_PREFIX = "runs"
+
+
+class RunNotFound(LookupError):
+    """A run reference that names no run of this state dir."""
+
+
+class RunLayout(BaseModel):
+    """Paths and S3 keys of the run ``run_key`` in the state dir ``state``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_key: str
+    state: Path
+
+    @classmethod
+    def for_run(cls, run_key: str, state: Path | None = None) -> RunLayout:
+        return cls(run_key=run_key, state=Path(state or state_dir()).resolve())
+
+    # --- local --------------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        return self.state / PIPELINE_DIR / self.run_key
+
+    def stage_dir(self, stage: Stage) -> Path:
+        return self.root / stage
+
+    @property
+    def summary_json(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def report_html(self) -> Path:
+        return self.stage_dir("report") / "report.html"
+
+    # --- S3 -------------------------------------------------------------------------------------
+
+    @property
+    def s3_prefix(self) -> str:
+        return f"{S3_RUNS_PREFIX}/{self.run_key}"
+
+    def stage_prefix(self, stage: Stage) -> str:
+        return f"{self.s3_prefix}/{stage}"
+
+    def stage_key(self, stage: Stage, name: str) -> str:
+        return f"{self.stage_prefix(stage)}/{name}"
+
+    @property
+    def report_html_key(self) -> str:
+        return self.stage_key("report", self.report_html.name)
+
+
+def flow_run_summary_path(flow_run_id: str, state: Path | None = None) -> Path:
+    """Where the summary of the flow run ``flow_run_id`` is kept (``phase2 run`` reads it)."""
+    return Path(state or state_dir()).resolve() / PIPELINE_DIR / FLOW_RUNS_DIR / f"{flow_run_id}.json"
+
+
+def resolve_run(run: str, state: Path | None = None) -> RunLayout:
+    """The run named by ``run``: a run key (a folder under ``<state>/pipeline``) or the id of the
+    Prefect flow run that made it."""
+    pipeline = Path(state or state_dir()).resolve() / PIPELINE_DIR
+    summary_file = flow_run_summary_path(run, state)
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text())
+        return RunLayout.for_run(str(summary["run_key"]), state)
+    if run != FLOW_RUNS_DIR and "/" not in run and run not in ("", ".", "..") and (pipeline / run).is_dir():
+        return RunLayout.for_run(run, state)
+    raise RunNotFound(
+        f"{run!r}: neither a run key in {pipeline} nor a flow run id with a summary in "
+        f"{pipeline / FLOW_RUNS_DIR}; pass the run key printed by `phase2 run` or the flow run id"
+    )
