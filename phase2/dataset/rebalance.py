@@ -20,24 +20,26 @@ byte-identical outputs; rebalancing an output changes nothing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import numpy as np
 import yaml
 from pydantic import BaseModel
 
-from phase2.dataset.validation import find_duplicate_groups, label_path_for, resolve_split_images
-from phase2.infra.files import sha256_bytes, sha256_file
+from phase2.dataset.duplicates import find_duplicate_groups
+from phase2.dataset.labels import parse_label
+from phase2.dataset.layout import SPLITS, label_path_for, load_class_names, load_data_yaml, resolve_split_images
+from phase2.infra.files import atomic_path, atomic_write_json, atomic_write_text, sha256_bytes, sha256_file
 
-SPLITS = ("train", "val", "test")
 VERSION_ID_LENGTH = 16
 _DUP_SUFFIX = re.compile(r"_dup\d+$")
 _ROBOFLOW_MARK = ".rf."
@@ -110,38 +112,20 @@ class RebalancePlan(BaseModel):
 # ---------------------------------------------------------------- dataset reading
 
 
-def load_class_names(data_yaml: Path) -> list[str]:
-    """Class names in id order from a data.yaml (list or {id: name} form)."""
-    try:
-        meta = yaml.safe_load(Path(data_yaml).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise DatasetError(f"{data_yaml}: cannot read the dataset YAML ({exc}); pass a valid data.yaml") from exc
-    names = (meta or {}).get("names")
-    if isinstance(names, dict):
-        names = [names[k] for k in sorted(names)]
-    if not isinstance(names, list) or not names:
-        raise DatasetError(f"{data_yaml}: 'names' is missing or empty; list the class names in id order")
-    return [str(n) for n in names]
-
-
 def read_instance_counts(images: Iterable[Path], nc: int) -> dict[Path, tuple[int, ...]]:
-    """Instances per class of every image's label file; a missing label is a background image."""
-    images = sorted(set(images))
+    """Instances per class of every image's label file; a missing label is a background image.
+
+    Raises DatasetError at the first label error (Ultralytics would drop the whole image's labels).
+    """
     counts = {}
-    for image in images:
-        label = label_path_for(image)
+    for image in sorted(set(images)):
+        parsed = parse_label(label_path_for(image), nc)
+        if errors := parsed.errors():
+            error = errors[0]
+            raise DatasetError(f"{error.location()}: {error.message}; {error.fix}")
         per_class = [0] * nc
-        if label.is_file():
-            for line_no, line in enumerate(label.read_text().splitlines(), start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if not (fields[0].isdigit() and int(fields[0]) < nc):
-                    raise DatasetError(
-                        f"{label}:{line_no}: class id {fields[0]!r} is not an integer in 0..{nc - 1}; "
-                        f"fix the label line or the 'names' list of the data.yaml"
-                    )
-                per_class[int(fields[0])] += 1
+        for _, cls, *_box in parsed.boxes:
+            per_class[cls] += 1
         counts[image] = tuple(per_class)
     return counts
 
@@ -152,16 +136,18 @@ def content_hash(splits: dict[str, list[Path]], names: Sequence[str], _cache: di
     Independent of where the files live and of list order, so a dataset and an image-list
     version with the same membership share one id.
     """
-    cache = {} if _cache is None else _cache
+    cache: dict[Path, str] = {} if _cache is None else _cache
 
     def digest(path: Path) -> str:
         if path not in cache:
             cache[path] = sha256_file(path) if path.is_file() else sha256_bytes(b"")
         return cache[path]
 
-    canonical = {"names": list(names), "splits": {}}
-    for split, images in sorted(splits.items()):
-        canonical["splits"][split] = sorted([digest(i), digest(label_path_for(i))] for i in images)
+    digests = {
+        split: sorted([digest(i), digest(label_path_for(i))] for i in images)
+        for split, images in sorted(splits.items())
+    }
+    canonical = {"names": list(names), "splits": digests}
     payload = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
     return sha256_bytes(payload)[:VERSION_ID_LENGTH]
 
@@ -197,13 +183,13 @@ def group_images(
     known = {p for paths in images.values() for p in map(Path, paths)}
     for group in duplicate_groups:
         members = [Path(p) for p in group if Path(p) in known]
-        for a, b in zip(members, members[1:]):
+        for a, b in itertools.pairwise(members):
             graph.add_edge(("path", a), ("path", b))
     components = []
     for component in nx.connected_components(graph):
-        members = sorted((n for n in component if n[0] in images), key=lambda n: (n[0], str(n[1])))
-        if members:
-            components.append(members)
+        nodes = sorted((n for n in component if n[0] in images), key=lambda n: (n[0], str(n[1])))
+        if nodes:
+            components.append(nodes)
     return sorted(components, key=lambda m: str(m[0][1]))
 
 
@@ -225,7 +211,7 @@ def _counts_table(groups: list[_Group], names: Sequence[str], splits: Sequence[s
         instances[g.split] += g.counts
         n_images[g.split] += len(g.images)
     return CountsTable(
-        instances={s: {n: int(v) for n, v in zip(names, instances[s])} for s in splits},
+        instances={s: {n: int(v) for n, v in zip(names, instances[s], strict=True)} for s in splits},
         images=n_images,
     )
 
@@ -278,7 +264,7 @@ def plan_rebalance(
     duplicate_groups: Sequence[Sequence[Path]],
     *,
     seed: int = 0,
-    leak_priority: Sequence[str] = ("train", "val", "test"),
+    leak_priority: Sequence[str] = SPLITS,
     move_test: bool = False,
 ) -> RebalancePlan:
     """Repair cross-split leaks, then move whole groups into val until every target is met.
@@ -320,7 +306,7 @@ def plan_rebalance(
         counts = np.sum([instance_counts[p] for p in paths], axis=0).astype(int)
         groups.append(_Group(group_id, paths, counts, kept))
     before = CountsTable(
-        instances={s: {n: int(v) for n, v in zip(names, counts_before[s])} for s in splits},
+        instances={s: {n: int(v) for n, v in zip(names, counts_before[s], strict=True)} for s in splits},
         images=images_before,
     )
 
@@ -376,7 +362,7 @@ def plan_rebalance(
                         from_split=origin,
                         to_split="val",
                         images=[str(p) for p in g.images],
-                        instances={n: int(v) for n, v in zip(names, g.counts) if v},
+                        instances={n: int(v) for n, v in zip(names, g.counts, strict=True) if v},
                     )
                 )
                 break
@@ -400,17 +386,6 @@ def plan_rebalance(
 
 
 # ---------------------------------------------------------------- outputs
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def balance_frame(before: CountsTable, after: CountsTable):
@@ -444,7 +419,7 @@ def _plot_balance(frame, path: Path) -> None:
 
     splits = list(dict.fromkeys(frame["split"]))
     fig, axes = plt.subplots(1, len(splits), figsize=(4.5 * len(splits), 3.6), squeeze=False)
-    for ax, split in zip(axes[0], splits):
+    for ax, split in zip(axes[0], splits, strict=True):
         part = frame[frame["split"] == split]
         x = np.arange(len(part))
         ax.bar(x - 0.2, part["instances_before"], 0.4, label="before")
@@ -454,7 +429,8 @@ def _plot_balance(frame, path: Path) -> None:
         ax.legend()
     fig.tight_layout()
     # No software/version stamp: the PNG bytes depend only on the numbers.
-    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
 
 
@@ -476,7 +452,7 @@ def rebalance_validation(
     seed: int = 0,
     duplicate_groups: list[list[Path]] | None = None,
     phash_threshold: int = 4,
-    leak_priority: Sequence[str] = ("train", "val", "test"),
+    leak_priority: Sequence[str] = SPLITS,
     move_test: bool = False,
 ) -> RebalanceResult:
     """Write a leakage-free, rebalanced version of ``data_yaml`` to ``out_dir`` (see module doc).
@@ -521,10 +497,10 @@ def rebalance_validation(
     hashes: dict[Path, str] = {}
     source_version = content_hash(images, names, hashes)
     version_id = content_hash(splits_after, names, hashes)
-    meta = yaml.safe_load(data_yaml.read_text())
+    meta = load_data_yaml(data_yaml).meta
     # Lists are resolved next to this yaml (Ultralytics: no `path` key), so the yaml holds no
     # absolute location and is byte-identical wherever it is written.
-    new_yaml = {s: f"{s}.txt" for s in splits_after}
+    new_yaml: dict[str, Any] = {s: f"{s}.txt" for s in splits_after}
     new_yaml.update(nc=len(names), names=meta["names"])
     frame = balance_frame(plan.counts_before, plan.counts_after)
     manifest = {
@@ -547,16 +523,13 @@ def rebalance_validation(
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in plan.splits_after:
         if split in splits_after:
-            _write_atomic(out_dir / f"{split}.txt", "".join(f"{p}\n" for p in splits_after[split]).encode())
+            atomic_write_text(out_dir / f"{split}.txt", "".join(f"{p}\n" for p in splits_after[split]))
         else:  # a list left by an earlier run into this dir must not look like part of this version
             (out_dir / f"{split}.txt").unlink(missing_ok=True)
-    _write_atomic(out_dir / "data.yaml", yaml.safe_dump(new_yaml, sort_keys=False).encode())
-    _write_atomic(out_dir / "balance.csv", frame.to_csv(index=False, lineterminator="\n").encode())
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        _plot_balance(frame, Path(tmp) / "balance.png")
-        os.replace(Path(tmp) / "balance.png", out_dir / "balance.png")
-    manifest_path = out_dir / "manifest.json"
-    _write_atomic(manifest_path, (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode())
+    atomic_write_text(out_dir / "data.yaml", yaml.safe_dump(new_yaml, sort_keys=False))
+    atomic_write_text(out_dir / "balance.csv", frame.to_csv(index=False, lineterminator="\n"))
+    _plot_balance(frame, out_dir / "balance.png")
+    manifest_path = atomic_write_json(out_dir / "manifest.json", manifest, sort_keys=True)
 
     return RebalanceResult(
         data_yaml=out_dir / "data.yaml",

@@ -19,12 +19,11 @@ from typing import Any
 import numpy as np
 import yaml
 from PIL import Image, ImageDraw
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from phase2.infra.settings import CLASS_NAMES, PROJECT_ROOT
+from phase2.dataset.layout import SPLITS
+from phase2.infra.settings import PROJECT_ROOT
 
-ROCK_TOE, SLOPE_DRAIN, TOE_DRAIN, VEGETATION = range(len(CLASS_NAMES))
-SPLITS = ("train", "val", "test")
 VAL_TOE_DRAIN_INSTANCES = 3
 JPEG_QUALITY = 92
 GENERATOR_VERSION = "1"
@@ -38,14 +37,19 @@ _EARTH_TONES = np.array(
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 
 
+# The scene drawn for each class (see the _draw_* functions); the settings file orders them into class ids.
+DRAWN_CLASSES = frozenset({"rock_toe", "slope_drain", "toe_drain", "vegetation"})
+
+
 class DemoSettings(BaseModel):
-    """The measured demo choice: dataset sizes, image size, baseline and fine-tune recipes.
+    """The measured demo choice: classes, dataset sizes, image size, baseline and fine-tune recipes.
 
     `baseline` and `finetune` are Ultralytics train() arguments (besides data/model/project).
     """
 
     model_config = ConfigDict(extra="forbid")
 
+    classes: tuple[str, ...] = Field(description="class names in class-id order; toe_drain is the minority")
     seed: int = 0
     n_train: int
     n_val: int
@@ -56,9 +60,20 @@ class DemoSettings(BaseModel):
     baseline: dict[str, Any]
     finetune: dict[str, Any]
 
+    @field_validator("classes")
+    @classmethod
+    def _drawable(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
+        if sorted(classes) != sorted(DRAWN_CLASSES):
+            raise ValueError(f"classes must list each of {sorted(DRAWN_CLASSES)} once (in class-id order)")
+        return classes
+
 
 DEMO_SETTINGS_FILE = PROJECT_ROOT / "configs" / "demo" / "phase1-baseline.yaml"
 DEMO_SETTINGS = DemoSettings.model_validate(yaml.safe_load(DEMO_SETTINGS_FILE.read_text()))
+CLASSES = DEMO_SETTINGS.classes
+ROCK_TOE, SLOPE_DRAIN, TOE_DRAIN, VEGETATION = (
+    CLASSES.index(name) for name in ("rock_toe", "slope_drain", "toe_drain", "vegetation")
+)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -67,7 +82,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     cells = int(rng.integers(3, 7))
     # Mostly brightness with a little tint, so the ground stays earth-coloured.
     coarse = rng.uniform(-1, 1, (cells, cells, 1)) * rng.uniform(10, 30) + rng.uniform(-6, 6, (cells, cells, 3))
-    shading = Image.fromarray(((coarse + 128).clip(0, 255)).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    shading = Image.fromarray(((coarse + 128).clip(0, 255)).astype(np.uint8)).resize(
+        (size, size), Image.Resampling.BILINEAR
+    )
     grain = rng.normal(0, rng.uniform(4, 10), (size, size, 1))
     pixels = base + (np.asarray(shading, dtype=float) - 128) + grain
     return pixels.clip(0, 255).astype(np.uint8)
@@ -239,8 +256,8 @@ def generate_synthetic_dataset(
         "val": VAL_TOE_DRAIN_INSTANCES,
         "test": max(1, round(0.2 * n_test)),
     }
-    instances = {split: [0] * len(CLASS_NAMES) for split in SPLITS}
-    for split_index, (split, n_images) in enumerate(zip(SPLITS, (n_train, n_val, n_test))):
+    instances = {split: [0] * len(CLASSES) for split in SPLITS}
+    for split_index, (split, n_images) in enumerate(zip(SPLITS, (n_train, n_val, n_test), strict=True)):
         images_dir, labels_dir = out_dir / split / "images", out_dir / split / "labels"
         images_dir.mkdir(parents=True, exist_ok=True)
         labels_dir.mkdir(parents=True, exist_ok=True)
@@ -259,8 +276,8 @@ def generate_synthetic_dataset(
         "train": "./train/images",
         "val": "./val/images",
         "test": "./test/images",
-        "nc": len(CLASS_NAMES),
-        "names": list(CLASS_NAMES),
+        "nc": len(CLASSES),
+        "names": list(CLASSES),
     }
     (out_dir / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     _write_readme(out_dir, seed, imgsz, {"train": n_train, "val": n_val, "test": n_test}, instances)
@@ -287,8 +304,8 @@ def generate_demo_dataset(out_dir: Path, *, settings: DemoSettings = DEMO_SETTIN
 def _write_readme(
     out_dir: Path, seed: int, imgsz: int, images: dict[str, int], instances: dict[str, list[int]]
 ) -> None:
-    header = "| split | images | " + " | ".join(CLASS_NAMES) + " |"
-    rule = "|-------|-------:|" + "---:|" * len(CLASS_NAMES)
+    header = "| split | images | " + " | ".join(CLASSES) + " |"
+    rule = "|-------|-------:|" + "---:|" * len(CLASSES)
     rows = [f"| {s} | {images[s]} | " + " | ".join(str(n) for n in instances[s]) + " |" for s in SPLITS]
     text = f"""# Synthetic site-inspection demo data
 
@@ -297,7 +314,7 @@ seed {seed}, {imgsz}x{imgsz} JPEG). No photograph and no third-party data is inc
 attribution applies. It stands in for the real site-inspection dataset in the offline demo
 (`make run` with no arguments); metrics on it say nothing about real-world performance.
 
-Classes, in order: {", ".join(CLASS_NAMES)}. toe_drain is the minority, with exactly
+Classes, in order: {", ".join(CLASSES)}. toe_drain is the minority, with exactly
 {VAL_TOE_DRAIN_INSTANCES} validation instances.
 
 {header}
@@ -318,14 +335,23 @@ def use_cpu_threads(model: Any, threads: int) -> None:
     model.add_callback("on_pretrain_routine_start", lambda trainer: torch.set_num_threads(threads))
 
 
-def train_baseline(data_yaml: Path, out_dir: Path, *, settings: DemoSettings = DEMO_SETTINGS) -> Path:
-    """Train the from-scratch "phase 1" yolo11n on `data_yaml`; returns its best.pt.
+def train_demo_model(
+    model_source: str | Path,
+    data_yaml: Path,
+    out_dir: Path,
+    name: str,
+    train_args: dict[str, Any],
+    *,
+    settings: DemoSettings = DEMO_SETTINGS,
+) -> Path:
+    """Train `model_source` (a model .yaml or weights) on `data_yaml` the demo's way: on the CPU with
+    the settings' threads, seeded and deterministic, into `out_dir`/`name`; returns its best.pt.
 
     Call phase2.infra.settings.configure_environment() first (offline Ultralytics).
     """
     from ultralytics import YOLO
 
-    model = YOLO("yolo11n.yaml")
+    model = YOLO(str(model_source))
     use_cpu_threads(model, settings.cpu_threads)
     model.train(
         data=str(Path(data_yaml).resolve()),
@@ -336,11 +362,18 @@ def train_baseline(data_yaml: Path, out_dir: Path, *, settings: DemoSettings = D
         seed=settings.seed,
         deterministic=True,
         project=str(Path(out_dir).resolve()),
-        name="baseline",
+        name=name,
         exist_ok=True,
-        **settings.baseline,
+        **train_args,
     )
+    if model.trainer is None:
+        raise RuntimeError(f"{name} training did not start a trainer")
     best = Path(model.trainer.best)
     if not best.is_file():
-        raise RuntimeError(f"baseline training wrote no best.pt under {best.parent}")
+        raise RuntimeError(f"{name} training wrote no best.pt under {best.parent}")
     return best
+
+
+def train_baseline(data_yaml: Path, out_dir: Path, *, settings: DemoSettings = DEMO_SETTINGS) -> Path:
+    """Train the from-scratch "phase 1" yolo11n on `data_yaml`; returns its best.pt."""
+    return train_demo_model("yolo11n.yaml", data_yaml, out_dir, "baseline", settings.baseline, settings=settings)

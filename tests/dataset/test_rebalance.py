@@ -292,7 +292,11 @@ def write_dataset(root: Path, images: dict[str, list[Path]], instance_counts: di
             label.parent.mkdir(parents=True, exist_ok=True)
             image.write_bytes(f"placeholder {path}".encode())
             label.write_text(
-                "".join(f"{cls} 0.5 0.5 0.1 0.1\n" for cls, n in enumerate(instance_counts[path]) for _ in range(n))
+                "".join(
+                    f"{cls} {0.1 + 0.05 * k:.2f} 0.5 0.1 0.1\n"  # distinct rows: Ultralytics drops repeated ones
+                    for cls, n in enumerate(instance_counts[path])
+                    for k in range(n)
+                )
             )
     data_yaml = root / "data.yaml"
     splits = "".join(f"{s}: ./{s}/images\n" for s in ("train", "val", "test") if images.get(s))
@@ -379,12 +383,13 @@ def test_ultralytics_reads_the_rebalanced_lists_and_their_labels(small_real_data
         for label in dataset.labels:
             for cls in label["cls"].ravel():
                 instances[int(cls)] += 1
-        assert dict(zip(NAMES, instances)) == result.counts_after.instances[split]
+        assert dict(zip(NAMES, instances, strict=True)) == result.counts_after.instances[split]
 
 
 def test_real_dataset_rebalance_is_leak_free_balanced_deterministic_and_read_only(real_dataset, tmp_path):
+    from phase2.dataset.duplicates import find_duplicate_groups
+    from phase2.dataset.layout import resolve_split_images
     from phase2.dataset.rebalance import dataset_version_id, rebalance_validation
-    from phase2.dataset.validation import find_duplicate_groups, resolve_split_images
 
     source = tree_digest(real_dataset)
     before_groups = find_duplicate_groups(resolve_split_images(real_dataset / "data.yaml"))
@@ -404,8 +409,9 @@ def test_real_dataset_rebalance_is_leak_free_balanced_deterministic_and_read_onl
         assert val_after["toe_drain"] >= target
         for cls in NAMES:
             if cls != "toe_drain":
-                share = lambda counts: 100 * counts[cls] / sum(counts.values())  # noqa: E731
-                assert abs(share(val_after) - share(val_before)) <= 5, cls
+                share_after = 100 * val_after[cls] / sum(val_after.values())
+                share_before = 100 * val_before[cls] / sum(val_before.values())
+                assert abs(share_after - share_before) <= 5, cls
         assert all(n >= 1 for n in first.counts_after.instances["train"].values())
         assert dataset_version_id(first.data_yaml) == first.version_id
         if target == 25:

@@ -14,19 +14,11 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from phase2.dataset.validation import (
-    DatasetConfigError,
-    DatasetInvalid,
-    ValidationReport,
-    ensure_valid,
-    find_duplicate_groups,
-    label_path_for,
-    resolve_split_images,
-    validate_dataset,
-)
-from tests.test_dataset_catalogue import make_dataset, noise_jpeg
-
-SPLITS = ("train", "val", "test")
+from phase2.dataset.duplicates import find_duplicate_groups
+from phase2.dataset.images import PHASH_SIDE, decode_image, phash_batch, plain_jpeg_size
+from phase2.dataset.layout import SPLITS, DatasetConfigError, image_formats, label_path_for, resolve_split_images
+from phase2.dataset.validation import DatasetInvalid, ValidationReport, ensure_valid, validate_dataset
+from tests.dataset.builders import CLASS_NAMES, MINORITY_CLASS, make_dataset, noise_jpeg
 
 
 def dataset_state(root: Path) -> dict[str, str]:
@@ -40,7 +32,7 @@ def dataset_state(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def real_report(real_dataset, tmp_path_factory) -> tuple[ValidationReport, dict, dict]:
     before = dataset_state(real_dataset)
-    report = validate_dataset(real_dataset / "data.yaml")
+    report = validate_dataset(real_dataset / "data.yaml", expected_names=CLASS_NAMES, minority_class=MINORITY_CLASS)
     written = report.write(tmp_path_factory.mktemp("validation-out"))
     after = dataset_state(real_dataset)
     return report, written, {"before": before, "after": after}
@@ -172,6 +164,18 @@ def test_label_path_rule_matches_ultralytics():
     assert [str(label_path_for(p)) for p in images] == img2label_paths(images)
 
 
+def test_image_formats_are_ultralytics_own_without_importing_it():
+    import subprocess
+    import sys
+
+    from ultralytics.data.utils import IMG_FORMATS
+
+    assert image_formats() == IMG_FORMATS
+    probe = "import sys; from phase2.dataset.layout import image_formats as f; print(len(f()), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(len(IMG_FORMATS)), "False"]  # read from Ultralytics' source: no 1 s torch import
+
+
 def test_unresolvable_split_raises_with_file_and_fix(tmp_path):
     root = tmp_path / "ds"
     make_dataset(root)
@@ -228,8 +232,6 @@ def test_batched_phash_is_imagehash_phash(real_dataset):
     import imagehash
     import numpy as np
 
-    from phase2.dataset.validation import PHASH_SIDE, _phash_batch
-
     images = sorted((real_dataset / "train" / "images").iterdir())[:40]
     thumbs, expected = [], []
     for path in images:
@@ -237,15 +239,13 @@ def test_batched_phash_is_imagehash_phash(real_dataset):
             im.draft("L", (PHASH_SIDE, PHASH_SIDE))
             thumbs.append(np.asarray(im.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)))
             expected.append(int(str(imagehash.phash(im)), 16))
-    assert _phash_batch(thumbs) == expected
+    assert phash_batch(thumbs) == expected
 
 
 def test_phash_of_any_size_is_lanczos_then_dct():
     """One (8, n) matrix per side does PIL's LANCZOS resize to 32 and the DCT: equal to doing them apart."""
     import numpy as np
     from scipy.fftpack import dct
-
-    from phase2.dataset.validation import PHASH_SIDE, _phash_batch
 
     rng = np.random.default_rng(0)
     greys = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in [(56, 56), (39, 41), (56, 56), (32, 32)]]
@@ -259,7 +259,7 @@ def test_phash_of_any_size_is_lanczos_then_dct():
         )
         low = dct(dct(thumb, axis=0), axis=1)[:8, :8].ravel()
         expected.append(int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big"))
-    assert _phash_batch(greys) == expected
+    assert phash_batch(greys) == expected
 
 
 def test_perceptual_hash_matches_imagehash_on_real_images(real_dataset):
@@ -268,22 +268,21 @@ def test_perceptual_hash_matches_imagehash_on_real_images(real_dataset):
     import imagehash
     import numpy as np
 
-    from phase2.dataset.validation import _decode, _phash_batch
-
     images = sorted((real_dataset / "train" / "images").iterdir())[:60]
-    codes = _phash_batch([_decode(p.read_bytes())[1] for p in images])
+    codes = phash_batch([decode_image(p.read_bytes())[1] for p in images])
     distance = np.array(
-        [bin(code ^ int(str(imagehash.phash(Image.open(p))), 16)).count("1") for code, p in zip(codes, images)]
+        [
+            bin(code ^ int(str(imagehash.phash(Image.open(p))), 16)).count("1")
+            for code, p in zip(codes, images, strict=True)
+        ]
     )
     assert distance.max() <= 4 and distance.mean() < 1.5, distance
 
 
 def test_jpeg_fast_header_agrees_with_pil(real_dataset):
-    from phase2.dataset.validation import _plain_jpeg_header
-
     for path in sorted((real_dataset / "val" / "images").iterdir()):
         with Image.open(path) as im:
-            assert _plain_jpeg_header(path.read_bytes()) == im.size
+            assert plain_jpeg_size(path.read_bytes()) == im.size
 
 
 def test_decode_cache_is_keyed_by_content(tmp_path):

@@ -17,64 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from phase2.dataset.validation import CODES, _parse_label, validate_dataset
-from phase2.infra.settings import CLASS_NAMES
+from phase2.dataset.findings import CODES
+from phase2.dataset.labels import convert_segment_labels, parse_label
+from phase2.dataset.validation import validate_dataset
+from tests.dataset.builders import CLASS_NAMES, MINORITY_CLASS, edit_yaml, make_dataset, noise_jpeg, set_yaml, yaml_line
 
 IMGSZ = 64  # the generated images are 64 px: no IMGSZ_ABOVE_NATIVE noise unless a case asks for it
-LAYOUT = {"train": 3, "val": 2, "test": 1}
-
-
-def noise_jpeg(path: Path, seed: int, size: tuple[int, int] = (64, 64), **save) -> Path:
-    """Smooth random blobs (upscaled 8x8 noise): photo-like spectra, so phash behaves as on photos."""
-    pixels = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC)
-    image.save(path, **({"format": "JPEG", "quality": 90} | save))
-    return path
-
-
-def make_dataset(root: Path) -> Path:
-    """A valid dataset: every class present, class 2 (toe_drain) in val."""
-    seed = 0
-    for split, n in LAYOUT.items():
-        for i in range(n):
-            seed += 1
-            noise_jpeg(root / split / "images" / f"{split}{i}.jpg", seed)
-            label = root / split / "labels" / f"{split}{i}.txt"
-            label.parent.mkdir(parents=True, exist_ok=True)
-            label.write_text(f"{seed % 4} 0.5 0.5 0.3 0.2\n2 0.25 0.25 0.2 0.2\n")
-    meta = {
-        "train": "./train/images",
-        "val": "./val/images",
-        "test": "./test/images",
-        "nc": 4,
-        "names": list(CLASS_NAMES),
-    }
-    (root / "data.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-    return root / "data.yaml"
-
-
-def set_yaml(root: Path, text: str) -> None:
-    (root / "data.yaml").write_text(text)
-
-
-def edit_yaml(root: Path, **changes) -> None:
-    meta = yaml.safe_load((root / "data.yaml").read_text())
-    meta.update(changes)
-    for key in [k for k, v in changes.items() if v is None]:
-        meta.pop(key)
-    (root / "data.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-
-
-def yaml_line(root: Path, key: str) -> int:
-    return next(
-        i for i, line in enumerate((root / "data.yaml").read_text().splitlines(), 1) if line.startswith(f"{key}:")
-    )
 
 
 def write_label(root: Path, rows: str, name: str = "train0") -> tuple[Path, None]:
@@ -412,7 +364,14 @@ def checksums(root: Path) -> dict[str, bytes]:
 
 
 def run(data_yaml: Path, **overrides):
-    return validate_dataset(data_yaml, **({"imgsz": IMGSZ, "minority_val_target": 0} | overrides))
+    """Validate as the flow does: the recipe's classes and minority class passed in."""
+    defaults = {
+        "imgsz": IMGSZ,
+        "expected_names": CLASS_NAMES,
+        "minority_class": MINORITY_CLASS,
+        "minority_val_target": 0,
+    }
+    return validate_dataset(data_yaml, **(defaults | overrides))
 
 
 def test_base_dataset_is_clean(tmp_path):
@@ -447,6 +406,20 @@ def test_defect_produces_its_code_with_file_and_line(tmp_path, name, reliability
     )
 
 
+def test_names_and_minority_are_checked_only_when_the_caller_gives_them(tmp_path):
+    root = tmp_path / "ds"
+    make_dataset(root)
+    edit_yaml(root, names=["a", "b", "c", "d"])
+    report = validate_dataset(root / "data.yaml", imgsz=IMGSZ, minority_val_target=18)
+    assert report.findings == [] and report.class_names == ["a", "b", "c", "d"] and report.minority is None
+
+    checked = validate_dataset(
+        root / "data.yaml", imgsz=IMGSZ, expected_names=CLASS_NAMES, minority_class="c", minority_val_target=18
+    )
+    assert [f.code for f in checked.findings] == ["YAML_NAMES_EXPECTED", "MINORITY_VAL_SHORTFALL"]
+    assert checked.minority.class_name == "c" and checked.minority.val_instances == 2
+
+
 def test_catalogue_covers_every_code():
     assert len(CASES) >= 30
     assert {code for code, _, _ in CASES.values()} == set(CODES)
@@ -466,15 +439,13 @@ def test_crlf_bom_and_blank_lines_are_tolerated(tmp_path):
 def test_label_parser_never_crashes(tmp_path, content):
     label = tmp_path / "any.txt"
     label.write_bytes(content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content)
-    result = _parse_label(label, nc=4)
+    result = parse_label(label, nc=4)
     assert result.state in {"empty", "ok", "invalid"}
     assert all(0 <= c < 4 and w > 0 and h > 0 for _, c, _, _, w, h in result.boxes)
     assert all(f.file == str(label) for f in result.findings)
 
 
 def test_segment_labels_convert_only_into_a_copy(tmp_path):
-    from phase2.dataset.validation import convert_segment_labels
-
     source = tmp_path / "poly.txt"
     source.write_text("2 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n0 0.5 0.5 0.2 0.2\n")
     before = source.read_bytes()
@@ -483,4 +454,4 @@ def test_segment_labels_convert_only_into_a_copy(tmp_path):
     assert source.read_bytes() == before
     rows = [list(map(float, line.split())) for line in out.read_text().splitlines()]
     assert rows[0] == pytest.approx([2, 0.3, 0.4, 0.4, 0.4]) and rows[1] == [0, 0.5, 0.5, 0.2, 0.2]
-    assert _parse_label(str(out), nc=4).findings == []
+    assert parse_label(str(out), nc=4).findings == []

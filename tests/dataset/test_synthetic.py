@@ -12,7 +12,8 @@ import yaml
 from PIL import Image
 
 from phase2.dataset.synthetic import DEMO_SETTINGS, generate_synthetic_dataset
-from phase2.infra.settings import CLASS_NAMES
+
+CLASS_NAMES = DEMO_SETTINGS.classes
 
 SMALL = dict(n_train=12, n_val=6, n_test=4, imgsz=96)
 
@@ -100,6 +101,14 @@ def test_no_two_images_are_identical_or_near_duplicates(tmp_path):
     assert min(a - b for a, b in itertools.combinations(hashes, 2)) > 6
 
 
+def test_classes_are_data_the_generator_can_draw():
+    from phase2.dataset.synthetic import DemoSettings
+
+    settings = DEMO_SETTINGS.model_dump()
+    with pytest.raises(ValueError, match="classes must list each of"):
+        DemoSettings.model_validate(settings | {"classes": [*CLASS_NAMES[:3], "crack"]})
+
+
 def test_rejects_a_val_split_too_small_for_the_minority(tmp_path):
     with pytest.raises(ValueError, match="n_val must be >= 3"):
         generate_synthetic_dataset(tmp_path / "d", n_train=4, n_val=2, n_test=1, imgsz=96)
@@ -133,27 +142,13 @@ def test_demo_recipe_learns_the_scenes_to_map50_half(tmp_path):
     """The demo as `make run` does it: from-scratch baseline, then fine-tune; val mAP50 >= 0.5."""
     from ultralytics import YOLO
 
-    from phase2.dataset.synthetic import generate_demo_dataset, train_baseline, use_cpu_threads
+    from phase2.dataset.synthetic import generate_demo_dataset, train_baseline, train_demo_model
 
     s = DEMO_SETTINGS
     data_yaml = generate_demo_dataset(tmp_path / "data")
     baseline = train_baseline(data_yaml, tmp_path / "runs")
-    model = YOLO(str(baseline))
-    use_cpu_threads(model, s.cpu_threads)
-    model.train(
-        data=str(data_yaml),
-        imgsz=s.imgsz,
-        workers=0,
-        device="cpu",
-        plots=False,
-        seed=s.seed,
-        deterministic=True,
-        project=str(tmp_path / "runs"),
-        name="finetune",
-        exist_ok=True,
-        **s.finetune,
-    )
-    metrics = YOLO(str(model.trainer.best)).val(
+    finetuned = train_demo_model(baseline, data_yaml, tmp_path / "runs", "finetune", s.finetune)
+    metrics = YOLO(str(finetuned)).val(
         data=str(data_yaml), imgsz=s.imgsz, device="cpu", plots=False, project=str(tmp_path / "runs"), name="val"
     )
     assert metrics.box.map50 >= 0.5
