@@ -204,7 +204,7 @@ def phase1_baseline(work: Path, data_yaml: Path, epochs: int) -> Path:
 
 def fixed_protocol(weights: Path, data_yaml: Path, imgsz: int, out: Path) -> tuple[float, float | None]:
     """val mAP50 and toe_drain AP50 under the selection step's protocol (conf 0.001, iou 0.7)."""
-    from phase2.evaluation.selection import evaluate_checkpoint
+    from phase2.evaluation.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(weights, data_yaml, imgsz=imgsz, device="cpu", out_dir=out)
     return result.metrics["overall"]["mAP50"], result.metrics["per_class"]["toe_drain"]["AP50"]

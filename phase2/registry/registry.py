@@ -20,7 +20,6 @@ checked against the manifest's sha256 before it is moved into place.
 from __future__ import annotations
 
 import importlib.metadata
-import math
 import random
 import re
 import shutil
@@ -29,10 +28,11 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from phase2.infra.files import atomic_write_text, sha256_file
 from phase2.infra.settings import DEFAULT_MODEL_NAME, git_sha, state_dir
 from phase2.registry.storage import (
     IntegrityError,
@@ -41,21 +41,20 @@ from phase2.registry.storage import (
     PreconditionFailed,
     StorageError,
     parse_uri,
-    sha256_file,
 )
 
 __all__ = [
+    "WEIGHTS_FILE",
     "IntegrityError",
     "ModelVersion",
     "PromotionConflict",
-    "PromotionDecision",
-    "PromotionRule",
+    "PromotionVerdict",
     "Registry",
     "RegistryError",
-    "decide_promotion",
 ]
 
 MANIFEST = "manifest.json"
+WEIGHTS_FILE = "weights/best.pt"  # where the pipeline registers a version's weights
 CLAIM = ".claim"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 _ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -89,7 +88,11 @@ class RegistrationMetadata(BaseModel):
     ultralytics_version: str | None = None
     torch_version: str | None = None
     wandb_run_path: str | None = None
-    flow_run_id: str | None = None
+    run_key: str | None = Field(
+        None,
+        validation_alias=AliasChoices("run_key", "flow_run_id"),  # manifests before the rename say flow_run_id
+        description="the pipeline run that registered this version",
+    )
 
 
 class ModelVersion(RegistrationMetadata):
@@ -105,6 +108,21 @@ class ModelVersion(RegistrationMetadata):
     @property
     def ref(self) -> str:
         return f"{self.name}:v{self.version}"
+
+    def trained_on(self, source_dataset_version: str) -> bool:
+        """Whether this version was trained on that source dataset version (its lineage)."""
+        return self.dataset.get("source_version_id") == source_dataset_version
+
+
+class PromotionVerdict(Protocol):
+    """What :meth:`Registry.apply_promotion` needs of a promotion decision
+    (:class:`phase2.evaluation.promotion.PromotionDecision`); the policy itself lives there."""
+
+    @property
+    def promote(self) -> bool: ...
+
+    @property
+    def production_version(self) -> int | None: ...
 
 
 def _installed_version(package: str) -> str | None:
@@ -137,11 +155,19 @@ class Registry:
         self.name = name
         self.prefix = f"models/{name}/"
 
-    def _version_prefix(self, version: int) -> str:
+    def version_prefix(self, version: int) -> str:
+        """The key prefix under which version ``version`` keeps its files."""
         return f"{self.prefix}versions/v{version}/"
 
-    def _manifest_key(self, version: int) -> str:
-        return self._version_prefix(version) + MANIFEST
+    def version_uri(self, version: int) -> str:
+        return self.store.uri(self.version_prefix(version))
+
+    def manifest_key(self, version: int) -> str:
+        """The key of version ``version``'s manifest.json (the version exists once it does)."""
+        return self.version_prefix(version) + MANIFEST
+
+    def manifest_uri(self, version: int) -> str:
+        return self.store.uri(self.manifest_key(version))
 
     @property
     def _aliases_key(self) -> str:
@@ -161,11 +187,11 @@ class Registry:
         number = max(self._numbers_taken(), default=0) + 1
         while True:
             try:
-                self.store.put_bytes(self._version_prefix(number) + CLAIM, owner.encode(), if_none_match=True)
+                self.store.put_bytes(self.version_prefix(number) + CLAIM, owner.encode(), if_none_match=True)
                 return number
             except PreconditionFailed:
                 # Someone took N, or our own put succeeded and its retry saw the result.
-                data, _ = self.store.get_bytes(self._version_prefix(number) + CLAIM)
+                data, _ = self.store.get_bytes(self.version_prefix(number) + CLAIM)
                 if data == owner.encode():
                     return number
                 number += 1
@@ -193,7 +219,7 @@ class Registry:
         version = self._claim_version(owner)
         for relpath, local in sources.items():
             self.store.put_file(
-                local, self._version_prefix(version) + relpath, if_none_match=True, sha256=entries[relpath].sha256
+                local, self.version_prefix(version) + relpath, if_none_match=True, sha256=entries[relpath].sha256
             )
         manifest = ModelVersion(
             name=self.name,
@@ -204,31 +230,33 @@ class Registry:
         )
         body = manifest.model_dump_json(indent=2).encode()
         try:
-            self.store.put_bytes(self._manifest_key(version), body, content_type="application/json", if_none_match=True)
+            self.store.put_bytes(self.manifest_key(version), body, content_type="application/json", if_none_match=True)
         except PreconditionFailed:
             # Only we hold the claim, so the manifest there is ours if a retried put landed.
-            if self.store.get_bytes(self._manifest_key(version))[0] != body:
-                raise RegistryError(f"{self.name}:v{version} was written by someone else; claim protocol broken")
+            if self.store.get_bytes(self.manifest_key(version))[0] != body:
+                raise RegistryError(
+                    f"{self.name}:v{version} was written by someone else; claim protocol broken"
+                ) from None
         return manifest
 
     # --- reading ------------------------------------------------------------------------
 
     def _load(self, version: int) -> ModelVersion:
         try:
-            data, _ = self.store.get_bytes(self._manifest_key(version))
+            data, _ = self.store.get_bytes(self.manifest_key(version))
         except ObjectNotFound:
             raise RegistryError(f"{self.name}:v{version} does not exist (no manifest)") from None
         manifest = ModelVersion.model_validate_json(data)
         if (manifest.name, manifest.version) != (self.name, version):
             raise IntegrityError(
-                f"{self.store.uri(self._manifest_key(version))} describes "
+                f"{self.store.uri(self.manifest_key(version))} describes "
                 f"{manifest.name}:v{manifest.version}, not {self.name}:v{version}"
             )
         return manifest
 
     def list_versions(self) -> list[ModelVersion]:
         """Complete versions (those with a manifest), oldest first."""
-        return [self._load(n) for n in self._numbers_taken() if self.store.exists(self._manifest_key(n))]
+        return [self._load(n) for n in self._numbers_taken() if self.store.exists(self.manifest_key(n))]
 
     def _read_aliases(self) -> tuple[dict[str, int], str | None]:
         try:
@@ -239,6 +267,20 @@ class Registry:
 
     def aliases(self) -> dict[str, int]:
         return self._read_aliases()[0]
+
+    def alias_target(self, alias: str) -> ModelVersion | None:
+        """The version ``alias`` points at; None while the alias is unset."""
+        number = self.aliases().get(alias)
+        return None if number is None else self._load(number)
+
+    def find_registration(self, run_key: str, weights_sha256: str) -> ModelVersion | None:
+        """The version that run ``run_key`` already registered with these weights (at
+        :data:`WEIGHTS_FILE`), if any: a retried or re-run pipeline registers once."""
+        for version in self.list_versions():
+            weights = version.files.get(WEIGHTS_FILE)
+            if version.run_key == run_key and weights is not None and weights.sha256 == weights_sha256:
+                return version
+        return None
 
     def get(self, ref: str) -> ModelVersion:
         """``"v3"``, ``"3"``, an alias (``"production"``), ``"latest"``, or any of those after
@@ -309,7 +351,7 @@ class Registry:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=dest_dir))
         try:
             for relpath, entry in version.files.items():
-                key = self._version_prefix(version.version) + relpath
+                key = self.version_prefix(version.version) + relpath
                 try:
                     local = self.store.get_file(key, staging / relpath, expected_sha256=entry.sha256)
                 except IntegrityError:
@@ -319,7 +361,7 @@ class Registry:
                     ) from None
                 if local.stat().st_size != entry.size:
                     raise IntegrityError(f"{version.ref}: file {relpath!r} has the wrong size")
-            (staging / MANIFEST).write_text(manifest_json)
+            atomic_write_text(staging / MANIFEST, manifest_json)
             if target.exists():
                 shutil.rmtree(target)
             staging.rename(target)
@@ -375,7 +417,7 @@ class Registry:
 
     # --- promotion ----------------------------------------------------------------------
 
-    def apply_promotion(self, decision: PromotionDecision, version: int) -> dict[str, int]:
+    def apply_promotion(self, decision: PromotionVerdict, version: int) -> dict[str, int]:
         """``candidate`` -> version always; ``production`` -> version when the decision says so,
         and only if production is still the version the decision compared against."""
         self.set_alias("candidate", version)
@@ -395,149 +437,3 @@ class Registry:
             return aliases
 
         return self._update_aliases(promote)
-
-
-# --- promotion gate ---------------------------------------------------------------------
-
-OverallMetric = Literal["precision", "recall", "mAP50", "mAP50-95"]
-ClassMetric = Literal["precision", "recall", "AP50", "AP50-95"]
-
-
-class PromotionRule(BaseModel):
-    """When a candidate may replace production (same evaluation split for both)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: OverallMetric = "mAP50-95"
-    max_drop: float = Field(0.0, ge=0, description="candidate may be at most this much below production")
-    per_class_min: dict[str, dict[ClassMetric, float]] = Field(
-        default_factory=dict, description='e.g. {"toe_drain": {"AP50": 0.6}}; always applies'
-    )
-    absolute_min: dict[OverallMetric, float] = Field(
-        default_factory=dict, description="overall minimums a first model (no production yet) must reach"
-    )
-
-    @field_validator("per_class_min")
-    @classmethod
-    def _thresholds_in_range(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        for name, mins in value.items():
-            for metric, threshold in mins.items():
-                if not 0 <= threshold <= 1:
-                    raise ValueError(f"{name}.{metric} minimum {threshold} is outside [0, 1]")
-        return value
-
-
-class ComparisonRow(BaseModel):
-    metric: str
-    candidate: float | None
-    production: float | None
-    requirement: str = ""
-    passed: bool | None = None
-
-
-class PromotionDecision(BaseModel):
-    promote: bool
-    reasons: list[str]
-    rows: list[ComparisonRow]
-    production_version: int | None = None
-
-    def to_markdown(self) -> str:
-        def fmt(value: float | None) -> str:
-            return "-" if value is None else f"{value:.4f}"
-
-        mark = {True: "pass", False: "FAIL", None: ""}
-        lines = [
-            f"**Decision: {'PROMOTE' if self.promote else 'KEEP current production'}**",
-            "",
-            *(f"- {reason}" for reason in self.reasons),
-            "",
-            "| metric | candidate | production | requirement | result |",
-            "|---|---|---|---|---|",
-            *(
-                f"| {r.metric} | {fmt(r.candidate)} | {fmt(r.production)} | {r.requirement} | {mark[r.passed]} |"
-                for r in self.rows
-            ),
-        ]
-        return "\n".join(lines) + "\n"
-
-
-def _value(metrics: dict | None, *path: str) -> float | None:
-    node: Any = metrics
-    for part in path:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    try:
-        value = float(node)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
-
-
-def decide_promotion(
-    candidate_metrics: dict, production_metrics: dict | None, rule: PromotionRule, production_version: int | None = None
-) -> PromotionDecision:
-    """Apply ``rule``. Metrics: ``{"overall": {...}, "per_class": {class: {...}}}`` as produced by
-    the evaluation; missing or NaN values fail their check."""
-    rows: list[ComparisonRow] = []
-    failures: list[str] = []
-    passes: list[str] = []
-
-    def check(metric: str, candidate: float | None, production: float | None, minimum: float, text: str) -> None:
-        ok = candidate is not None and candidate >= minimum - 1e-12
-        rows.append(
-            ComparisonRow(metric=metric, candidate=candidate, production=production, requirement=text, passed=ok)
-        )
-        shown = "missing" if candidate is None else f"{candidate:.4f}"
-        (passes if ok else failures).append(f"{metric} = {shown} (needs {text})")
-
-    for metric in ("precision", "recall", "mAP50", "mAP50-95"):
-        cand, prod = _value(candidate_metrics, "overall", metric), _value(production_metrics, "overall", metric)
-        if production_metrics is not None and metric == rule.metric:
-            if prod is None:
-                failures.append(f"production has no {metric} to compare against")
-                rows.append(ComparisonRow(metric=metric, candidate=cand, production=None, passed=False))
-            else:
-                check(
-                    metric,
-                    cand,
-                    prod,
-                    prod - rule.max_drop,
-                    f">= {prod - rule.max_drop:.4f} (production - {rule.max_drop})",
-                )
-        elif production_metrics is None and metric in rule.absolute_min:
-            check(metric, cand, None, rule.absolute_min[metric], f">= {rule.absolute_min[metric]} (first model)")
-        else:
-            rows.append(ComparisonRow(metric=metric, candidate=cand, production=prod))
-    classes = list(dict.fromkeys([*(candidate_metrics.get("per_class") or {}), *rule.per_class_min]))
-    for name in classes:
-        for metric in ("AP50", "AP50-95"):
-            cand = _value(candidate_metrics, "per_class", name, metric)
-            prod = _value(production_metrics, "per_class", name, metric)
-            minimum = rule.per_class_min.get(name, {}).get(metric)
-            if minimum is None:
-                rows.append(ComparisonRow(metric=f"{name} {metric}", candidate=cand, production=prod))
-            else:
-                check(f"{name} {metric}", cand, prod, minimum, f">= {minimum}")
-        for metric, minimum in rule.per_class_min.get(name, {}).items():
-            if metric not in ("AP50", "AP50-95"):
-                check(
-                    f"{name} {metric}",
-                    _value(candidate_metrics, "per_class", name, metric),
-                    _value(production_metrics, "per_class", name, metric),
-                    minimum,
-                    f">= {minimum}",
-                )
-    promote = not failures
-    if production_metrics is None:
-        headline = "no production model yet: " + (
-            "first model meets the absolute targets" if promote else "first model misses its targets"
-        )
-    else:
-        headline = "candidate " + ("passes" if promote else "fails") + " the rule against production"
-    return PromotionDecision(
-        promote=promote,
-        reasons=[headline, *(f"FAIL {f}" for f in failures), *(f"ok {p}" for p in passes)],
-        rows=rows,
-        production_version=production_version,
-    )

@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -28,14 +27,13 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-from phase2.infra.files import sha256_file
+from phase2.infra.files import CHUNK, atomic_path, sha256_bytes, sha256_file
 from phase2.infra.settings import S3Settings
 
 SHA256_METADATA = "sha256"
-_CHUNK = 1024 * 1024
 # Multipart above 8 MiB: large weights upload in parallel parts, small JSON in one request.
 TRANSFER_CONFIG = TransferConfig(
-    multipart_threshold=8 * _CHUNK, multipart_chunksize=8 * _CHUNK, max_concurrency=4, use_threads=True
+    multipart_threshold=8 * CHUNK, multipart_chunksize=8 * CHUNK, max_concurrency=4, use_threads=True
 )
 
 
@@ -67,7 +65,7 @@ def parse_uri(uri: str) -> tuple[str, str]:
 
 def _client_error_code(exc: BaseException) -> tuple[str, int]:
     """(error code, HTTP status) of a ClientError, also when wrapped by boto3's upload errors."""
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None and not isinstance(seen, ClientError):
         seen = seen.__cause__ or seen.__context__
     if seen is None:
@@ -93,7 +91,7 @@ class ObjectStore:
             read_timeout=read_timeout,
         )
 
-    def _new_client(self):
+    def _new_client(self) -> Any:  # boto3 clients are generated at runtime: no static type
         secret = self.settings.secret_access_key
         key_id = self.settings.access_key_id
         return boto3.session.Session().client(
@@ -106,11 +104,11 @@ class ObjectStore:
         )
 
     @cached_property
-    def _client(self):
+    def _client(self) -> Any:
         return self._new_client()
 
     @cached_property
-    def _create_only_client(self):
+    def _create_only_client(self) -> Any:
         """A client whose object writes all carry If-None-Match: *.
 
         boto3's managed upload (TransferConfig, multipart) does not accept IfNoneMatch, so it is
@@ -119,7 +117,7 @@ class ObjectStore:
         """
         client = self._new_client()
 
-        def add_if_none_match(params: dict, **_: Any) -> None:
+        def add_if_none_match(params: dict[str, Any], **_: Any) -> None:
             params["IfNoneMatch"] = "*"
 
         for operation in ("PutObject", "CompleteMultipartUpload"):
@@ -132,8 +130,6 @@ class ObjectStore:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
-
-    parse_uri = staticmethod(parse_uri)
 
     @contextlib.contextmanager
     def _errors(self, action: str, key: str | None = None) -> Iterator[None]:
@@ -208,23 +204,21 @@ class ObjectStore:
             head = self._client.head_object(Bucket=self.bucket, Key=key)
         if head.get("Metadata", {}).get(SHA256_METADATA) != digest:
             raise IntegrityError(f"upload {self.uri(key)}: object was replaced concurrently (sha256 differs)")
-        return head["ETag"]
+        return str(head["ETag"])
 
     def get_file(self, key: str, dest: Path, *, expected_sha256: str | None = None) -> Path:
         """Download to ``dest`` atomically, verified against ``expected_sha256`` (else the
         object's sha256 metadata; an object without either is refused)."""
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, self._errors("download", key):
+        with atomic_path(dest) as tmp:
+            with tmp.open("wb") as out, self._errors("download", key):
                 # One GetObject: body and metadata come from the same version of the object.
                 response = self._client.get_object(Bucket=self.bucket, Key=key)
                 expected = expected_sha256 or response.get("Metadata", {}).get(SHA256_METADATA)
                 if not expected:
                     raise IntegrityError(f"download {self.uri(key)}: no sha256 to verify against; refusing it")
                 digest = hashlib.sha256()
-                for chunk in response["Body"].iter_chunks(_CHUNK):
+                for chunk in response["Body"].iter_chunks(CHUNK):
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()
@@ -234,11 +228,6 @@ class ObjectStore:
                     f"download {self.uri(key)}: sha256 {digest.hexdigest()[:16]}... does not match the "
                     f"expected {expected[:16]}... (corrupted or tampered; nothing was written to {dest})"
                 )
-            os.replace(tmp_name, dest)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
         return dest
 
     def put_bytes(
@@ -262,10 +251,10 @@ class ObjectStore:
                 Key=key,
                 Body=data,
                 ContentType=content_type,
-                Metadata={SHA256_METADATA: hashlib.sha256(data).hexdigest()},
+                Metadata={SHA256_METADATA: sha256_bytes(data)},
                 **conditions,
             )
-        return response["ETag"]
+        return str(response["ETag"])
 
     def get_bytes(self, key: str) -> tuple[bytes, str]:
         """(content, ETag); verified against its sha256 metadata when present."""
@@ -273,7 +262,7 @@ class ObjectStore:
             response = self._client.get_object(Bucket=self.bucket, Key=key)
             data = response["Body"].read()
         expected = response.get("Metadata", {}).get(SHA256_METADATA)
-        if expected and hashlib.sha256(data).hexdigest() != expected:
+        if expected and sha256_bytes(data) != expected:
             raise IntegrityError(f"get {self.uri(key)}: content does not match its stored sha256 (corrupted)")
         return data, response["ETag"]
 

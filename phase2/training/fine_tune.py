@@ -23,11 +23,16 @@ import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from phase2.infra.files import sha256_file
+from phase2.training.history import summarize_history
+
+if TYPE_CHECKING:  # annotations only: the training child imports this module and needs neither
+    from phase2.registry.registry import Registry
+    from phase2.training.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,24 @@ class FineTuneResult(BaseModel):
     s_per_epoch: float | None
     peak_rss_mb: float | None
     wandb_run_path: str | None
+
+    def to_markdown(self) -> str:
+        return (
+            f"- epochs: {self.epochs_completed}/{self.epochs_planned} ({self.stop_reason})\n"
+            f"- best epoch: {self.best_epoch}\n- resumed after epoch: {self.resumed_from_epoch}\n"
+            f"- wall time: {self.wall_time_s} s, {self.s_per_epoch} s/epoch, peak RSS {self.peak_rss_mb} MB\n"
+            f"- run: {self.run_uri}\n- W&B: {self.wandb_run_path}\n"
+        )
+
+
+def start_weights(recipe: Recipe, baseline: str, registry: Registry, *, cache_dir: Path) -> str:
+    """The weights training starts from: the recipe's ``train.model``, where ``"baseline"`` means
+    the flow's ``baseline``. A model yaml (from scratch) is returned as is; a local path, an
+    ``s3://`` URI or a registry reference is resolved to sha256-verified local weights."""
+    start = recipe.train.model if recipe.train.model != "baseline" else baseline
+    if start.endswith((".yaml", ".yml")) and "/" not in start:
+        return start
+    return str(registry.resolve_reference(start, cache_dir=cache_dir))
 
 
 def read_results(results_csv: Path) -> list[dict[str, str]]:
@@ -118,10 +141,10 @@ def _rebuild_results(results_csv: Path, train_results: dict[str, list]) -> None:
     with results_csv.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
-        writer.writerows([f"{value:.6g}" for value in row] for row in zip(*train_results.values()))
+        writer.writerows([f"{value:.6g}" for value in row] for row in zip(*train_results.values(), strict=False))
 
 
-class _CheckpointUploader:
+class CheckpointUploader:
     """Uploads checkpoints as they appear, in a background thread, without blocking training.
 
     A file is uploaded once its size and mtime are unchanged for one poll and it is a complete
@@ -288,7 +311,7 @@ def fine_tune(
     if resume_epoch:
         logger.info("Resuming %s after epoch %d of %d", save_dir, resume_epoch, epochs)
 
-    uploader = _CheckpointUploader(store, run_prefix, weights_dir)
+    uploader = CheckpointUploader(store, run_prefix, weights_dir)
     # Rows of earlier attempts were streamed by them (the parent streams every row present when
     # the child exits); sending them again would duplicate those epochs in the resumed W&B run.
     streamed = rows_before
@@ -377,8 +400,6 @@ def _summarize(
                 checkpoints[path.name] = store.uri(key)
     trained_now = len(rows) - rows_before
     wall = time.monotonic() - started
-    from phase2.evaluation.selection import summarize_history
-
     history = summarize_history(results_csv, patience=train_args.get("patience"), epochs=epochs)
     result = FineTuneResult(
         save_dir=save_dir,

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from phase2.evaluation.promotion import PromotionRule
 from phase2.evaluation.selection import SelectionPolicy
-from phase2.registry.registry import PromotionRule
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 _UNION_MEMBER = re.compile(r"^(int|float|str|bool|none|literal\[.*\]|function-.*|constrained-.*)$")
@@ -86,9 +86,9 @@ class TrainArgs(BaseModel):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value.endswith((".yaml", ".yml")) and "/" not in value:
-            if not re.fullmatch(r"yolo(v8|11|12|26)?[nsmlx]?\.ya?ml", value):
-                raise ValueError(f"unknown model yaml {value!r}; use e.g. yolo11n.yaml or yolo11s.yaml")
+        bare_yaml = value.endswith((".yaml", ".yml")) and "/" not in value
+        if bare_yaml and not re.fullmatch(r"yolo(v8|11|12|26)?[nsmlx]?\.ya?ml", value):
+            raise ValueError(f"unknown model yaml {value!r}; use e.g. yolo11n.yaml or yolo11s.yaml")
         return value
 
     def ultralytics_kwargs(self, imgsz: int) -> dict[str, Any]:
@@ -98,11 +98,17 @@ class TrainArgs(BaseModel):
         return args
 
 
+DEFAULT_MINORITY_VAL_TARGET = 18
+
+
 class RebalanceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    targets: dict[str, int] = Field(default_factory=lambda: {"toe_drain": 18})
+    targets: dict[str, int] = Field(
+        default_factory=dict,
+        description=f"Val instances wanted per class; unset: the minority class to {DEFAULT_MINORITY_VAL_TARGET}.",
+    )
     seed: int = 0
 
 
@@ -120,11 +126,38 @@ class Recipe(BaseModel):
 
     name: str
     description: str = ""
+    classes: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Class names the dataset must have, in order; unset: whatever its data.yaml names.",
+    )
+    minority_class: str = Field(
+        "toe_drain", description="The rare class that rebalancing, validation and the report watch."
+    )
     train: TrainArgs = Field(default_factory=TrainArgs)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     rebalance: RebalanceSettings = Field(default_factory=RebalanceSettings)
     selection: SelectionPolicy = Field(default_factory=SelectionPolicy)
     promotion: PromotionRule = Field(default_factory=PromotionRule)
+
+    @model_validator(mode="after")
+    def _class_names_are_known(self) -> Recipe:
+        if "targets" not in self.rebalance.model_fields_set:
+            self.rebalance.targets = {self.minority_class: DEFAULT_MINORITY_VAL_TARGET}
+        if self.classes is None:
+            return self
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes {self.classes} name a class twice")
+        named = {
+            "minority_class": [self.minority_class],
+            "rebalance.targets": list(self.rebalance.targets),
+            "selection.class_floors": list(self.selection.class_floors),
+            "promotion.per_class_min": list(self.promotion.per_class_min),
+        }
+        for field, names in named.items():
+            if unknown := [n for n in names if n not in self.classes]:
+                raise ValueError(f"{field} names {unknown}, not among classes {self.classes}")
+        return self
 
 
 def load_recipe(path_or_name: str | Path) -> Recipe:
@@ -151,7 +184,7 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
             # Union members show up in loc ("imgsz.int", "imgsz.literal['native']"): keep field names.
             key = ".".join(str(p) for p in err["loc"] if not _UNION_MEMBER.match(str(p)))
             hint = "remove it or fix its spelling" if err["type"] == "extra_forbidden" else "fix the value"
-            problems.setdefault(key, []).append(f"{err['msg']} ({hint})")
+            problems.setdefault(key or "recipe", []).append(f"{err['msg']} ({hint})")
         raise RecipeError("\n".join(f"{path}: {key}: {'; or '.join(msgs)}" for key, msgs in problems.items())) from None
 
 

@@ -1,76 +1,24 @@
-"""Checkpoint evaluation and selection on a real tiny Ultralytics training of real images."""
+"""Checkpoint selection on a real tiny Ultralytics training of real images (see conftest.trained_run)."""
 
 from __future__ import annotations
 
 import shutil
-import stat
-from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from phase2.evaluation.promotion import PromotionRule, decide_promotion
 from phase2.evaluation.selection import (
     SelectionPolicy,
-    evaluate_checkpoint,
+    SelectionResult,
     find_candidates,
     rank_candidates,
     select_checkpoint,
-    sha256_file,
 )
-from tests.plugins.data import copy_subset
+from phase2.infra.files import sha256_file
+from tests.evaluation.conftest import IMGSZ, snapshot
 
-IMGSZ = 64
 TOE_DRAIN_FLOOR = {"toe_drain": {"AP50": 0.60}}
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
-
-
-def label_instances(split_dir: Path, names: list[str]) -> dict[str, int]:
-    counts = Counter(
-        int(line.split()[0])
-        for f in (split_dir / "labels").glob("*.txt")
-        for line in f.read_text().splitlines()
-        if line.strip()
-    )
-    return {name: counts.get(i, 0) for i, name in enumerate(names)}
-
-
-@pytest.fixture(scope="module")
-def trained_run(real_dataset, tmp_path_factory) -> tuple[Path, Path]:
-    """(run_dir, data_yaml): 2 epochs of yolo11n on 12 real images, a checkpoint per epoch.
-
-    The dataset copy is made read-only afterwards (labels.cache from training removed) so the
-    evaluations below run against a read-only source.
-    """
-    from ultralytics import YOLO
-
-    root = tmp_path_factory.mktemp("selection")
-    data_yaml = copy_subset(real_dataset, root / "data", {"train": 6, "val": 4, "test": 2})
-    YOLO("yolo11n.yaml").train(
-        data=str(data_yaml),
-        imgsz=IMGSZ,
-        epochs=2,
-        batch=4,
-        save_period=1,
-        workers=0,
-        plots=False,
-        conf=0.25,  # as the guide's recipe did: training-time validation then differs from the protocol
-        device="cpu",
-        project=str(root / "runs"),
-        name="train",
-        exist_ok=True,
-        verbose=False,
-    )
-    for cache in data_yaml.parent.rglob("*.cache"):
-        cache.unlink()
-    for path in [data_yaml.parent, *data_yaml.parent.rglob("*")]:
-        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-    yield root / "runs" / "train", data_yaml
-    for path in [data_yaml.parent, *data_yaml.parent.rglob("*")]:
-        path.chmod(path.stat().st_mode | stat.S_IWUSR)
 
 
 @pytest.fixture(scope="module")
@@ -108,47 +56,6 @@ def test_candidates_found_and_deduplicated(trained_run, tmp_path):
         find_candidates(tmp_path / "empty")
 
 
-def test_evaluation_protocol_outputs_and_readonly_dataset(trained_run, tmp_path):
-    run_dir, data_yaml = trained_run
-    dataset = data_yaml.parent
-    assert not (dataset.stat().st_mode & stat.S_IWUSR)  # read-only source
-    before = snapshot(dataset)
-
-    result = evaluate_checkpoint(run_dir / "weights" / "best.pt", data_yaml, imgsz=IMGSZ, out_dir=tmp_path / "eval")
-
-    assert snapshot(dataset) == before, "evaluation wrote into the dataset"
-    assert not list(dataset.rglob("*.cache"))
-    assert result.save_dir == (tmp_path / "eval").resolve()
-    assert not list(result.save_dir.rglob("*.cache")), "the temporary dataset view was not removed"
-    assert result.protocol.conf == 0.001 and result.protocol.iou == 0.7 and result.protocol.split == "val"
-    for png in (result.pr_curve_png, result.confusion_matrix_png, result.confusion_matrix_normalized_png):
-        assert png is not None and png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
-
-    names = ["rock_toe", "slope_drain", "toe_drain", "vegetation"]
-    expected = label_instances(dataset / "val", names)
-    assert expected["toe_drain"] > 0  # copy_subset puts toe_drain images first
-    assert set(result.metrics["overall"]) == {"precision", "recall", "mAP50", "mAP50-95", "fitness"}
-    assert list(result.metrics["per_class"]) == names
-    assert {n: v["instances"] for n, v in result.metrics["per_class"].items()} == expected
-    table = pd.read_csv(result.per_class_csv)
-    assert list(table.columns) == ["class", "precision", "recall", "AP50", "AP50-95", "instances"]
-    assert dict(zip(table["class"], table["instances"])) == expected
-    for name, count in expected.items():
-        rates = [result.metrics["per_class"][name][k] for k in ("precision", "recall", "AP50", "AP50-95")]
-        # A class absent from the split has no rates; a present one has all of them.
-        assert all(r is None for r in rates) if count == 0 else all(0.0 <= r <= 1.0 for r in rates)
-
-    test = evaluate_checkpoint(
-        run_dir / "weights" / "best.pt", data_yaml, split="test", imgsz=IMGSZ, out_dir=tmp_path / "test"
-    )
-    assert {n: v["instances"] for n, v in test.metrics["per_class"].items()} == label_instances(dataset / "test", names)
-
-    with pytest.raises(ValueError, match="no 'nope' split"):
-        evaluate_checkpoint(
-            run_dir / "weights" / "best.pt", data_yaml, split="nope", imgsz=IMGSZ, out_dir=tmp_path / "x"
-        )
-
-
 def test_fitness_policy_picks_highest_reevaluated_fitness(fitness_selection):
     result = fitness_selection
     table = pd.read_csv(result.candidates_csv)
@@ -176,6 +83,9 @@ def test_winner_evaluated_on_test_and_summary_written(fitness_selection):
     assert result.test.weights_sha256 == result.winner_sha256
     md = result.summary_md.read_text()
     assert result.winner_name in md and "**test**" in md and "toe_drain" in md
+    # selection.json is the whole result: what later stages read instead of parsing selection.md.
+    assert result.selection_json == result.summary_md.with_name("selection.json")
+    assert SelectionResult.model_validate_json(result.selection_json.read_text()) == result
 
 
 def test_training_time_numbers_and_gap_explanation(fitness_selection):
@@ -267,8 +177,6 @@ def test_policy_validation():
 def test_promotion_gate_on_real_evaluations(fitness_selection):
     """The gate consumes the evaluation protocol's metrics as they are: it promotes a model that
     is not worse than production on the same split, and refuses one below a class floor."""
-    from phase2.registry.registry import PromotionRule, decide_promotion
-
     candidate = fitness_selection.val.metrics
     production = next(c for c in fitness_selection.candidates if c.name != fitness_selection.winner_name).val.metrics
     lenient = PromotionRule(metric="mAP50-95", max_drop=1.0)

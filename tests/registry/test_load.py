@@ -18,40 +18,33 @@ from pathlib import Path
 
 import pytest
 
+from phase2.evaluation.promotion import PromotionRule, promote_with_retry
 from phase2.infra.files import sha256_file
 from phase2.infra.settings import S3Settings
-from phase2.registry.registry import PromotionConflict, PromotionRule, Registry, decide_promotion
+from phase2.registry.registry import ModelVersion, Registry
 from phase2.registry.storage import ObjectStore
 
 WRITERS = 8
 RULE = PromotionRule(metric="mAP50-95", max_drop=0.0, absolute_min={"mAP50-95": 0.0})
 
 
+def _registered_val_metrics(production: ModelVersion) -> dict:
+    return production.metrics["val"]
+
+
 def _register_and_promote(args: tuple[dict, dict[str, str], float, float]) -> tuple[int, int]:
-    """One pipeline tail: register, then promote if better than production (re-decided on conflict).
-    Returns (version, promotion attempts)."""
+    """One pipeline tail: register, then promote if better than production, by the library's
+    promotion loop (re-decided on conflict). Returns (version, promotion attempts)."""
     settings, files, score, start_at = args
     registry = Registry(ObjectStore(S3Settings.model_validate(settings)), "load-model")
     metrics = {"overall": {"mAP50-95": score, "mAP50": score}, "per_class": {}}
     time.sleep(max(0.0, start_at - time.time()))  # all writers hit the bucket together
     version = registry.register(
-        {k: Path(v) for k, v in files.items()}, {"metrics": {"val": metrics}, "flow_run_id": f"load-{score}"}
+        {k: Path(v) for k, v in files.items()}, {"metrics": {"val": metrics}, "run_key": f"load-{score}"}
     )
-    for attempt in range(1, 65):
-        aliases = registry.aliases()
-        production = registry.get("production") if "production" in aliases else None
-        decision = decide_promotion(
-            metrics,
-            production.metrics["val"] if production else None,
-            RULE,
-            production_version=production.version if production else None,
-        )
-        try:
-            registry.apply_promotion(decision, version.version)
-            return version.version, attempt
-        except PromotionConflict:
-            time.sleep(random.uniform(0, 0.05))
-    raise RuntimeError("promotion never settled")
+    conflicts: list[str] = []
+    promote_with_retry(registry, version.version, metrics, RULE, _registered_val_metrics, log=conflicts.append)
+    return version.version, len(conflicts) + 1
 
 
 def _tiny_checkpoint(path: Path, seed: int) -> Path:
@@ -118,7 +111,7 @@ def test_eight_concurrent_flows_on_one_registry(seaweedfs, small_real_dataset, t
     """8 whole phase2 flows at once (own process and state dir each, tiny data, 1 epoch) against one
     Prefect server, one SeaweedFS bucket and one registry."""
     from phase2.infra.prefect_stack import PrefectServer, free_port
-    from tests.test_security import flow_env, start_flow, tiny_recipe_file
+    from tests.plugins.flow_runs import flow_env, start_flow, tiny_recipe_file
 
     bucket = f"load-{uuid.uuid4().hex[:8]}"
     s3_env = {**seaweedfs.env(), "PHASE2_S3_BUCKET": bucket}
@@ -154,7 +147,7 @@ def test_eight_concurrent_flows_on_one_registry(seaweedfs, small_real_dataset, t
     registry = Registry(store, "load-flows")
     versions = registry.list_versions()
     assert sorted(v.version for v in versions) == list(range(1, WRITERS + 1))
-    assert sorted(v.flow_run_id for v in versions) == sorted(f"load-{i}" for i in range(WRITERS))
+    assert sorted(v.run_key for v in versions) == sorted(f"load-{i}" for i in range(WRITERS))
     checked = 0
     for version in versions:  # every registered file present, with the sha256 of its manifest
         folder = registry.download(version.ref, tmp_path / "downloads")

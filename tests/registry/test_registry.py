@@ -1,4 +1,4 @@
-"""Model registry and promotion gate against a real SeaweedFS."""
+"""Model registry against a real SeaweedFS."""
 
 from __future__ import annotations
 
@@ -10,21 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from phase2.evaluation.promotion import PromotionRule, decide_promotion
 from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
-from phase2.registry.registry import (
-    IntegrityError,
-    PromotionConflict,
-    PromotionRule,
-    Registry,
-    RegistryError,
-    decide_promotion,
-)
+from phase2.registry.registry import IntegrityError, ModelVersion, PromotionConflict, Registry, RegistryError
 from phase2.registry.storage import ObjectStore, StorageError
 
 NAME = "site-inspection-detector"
 
 
-def _metrics(map5095: float, toe_ap50: float) -> dict:
+def sample_metrics(map5095: float, toe_ap50: float) -> dict:
     per_class = {
         name: {"precision": 0.7, "recall": 0.6, "AP50": 0.8, "AP50-95": 0.5, "instances": 40}
         for name in ("rock_toe", "slope_drain", "vegetation")
@@ -33,7 +27,7 @@ def _metrics(map5095: float, toe_ap50: float) -> dict:
     return {"overall": {"precision": 0.7, "recall": 0.6, "mAP50": 0.75, "mAP50-95": map5095}, "per_class": per_class}
 
 
-def _weights(tmp_path: Path, tag: str, size: int = 20_000) -> dict[str, Path]:
+def sample_files(tmp_path: Path, tag: str, size: int = 20_000) -> dict[str, Path]:
     folder = tmp_path / tag
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "best.pt").write_bytes(tag.encode() + os.urandom(size))
@@ -41,22 +35,22 @@ def _weights(tmp_path: Path, tag: str, size: int = 20_000) -> dict[str, Path]:
     return {"weights/best.pt": folder / "best.pt", "results.csv": folder / "results.csv"}
 
 
-def _metadata(**extra) -> dict:
+def sample_metadata(**extra) -> dict:
     return {
-        "metrics": {"val": _metrics(0.45, 0.7), "test": _metrics(0.42, 0.65)},
+        "metrics": {"val": sample_metrics(0.45, 0.7), "test": sample_metrics(0.42, 0.65)},
         "recipe": {"model": "yolo11n.yaml", "epochs": 1},
         "dataset": {"version_id": "ds-1", "manifest_sha256": "ab" * 32, "uri": "s3://b/datasets/ds-1/"},
         "baseline": {"reference": "yolo11n.yaml", "sha256": None},
         "wandb_run_path": "local/phase2/abc",
-        "flow_run_id": "flow-1",
+        "run_key": "run-1",
         **extra,
     }
 
 
 def test_register_show_download_round_trip(object_store, tmp_path):
     registry = Registry(object_store)
-    files = _weights(tmp_path, "a")
-    version = registry.register(files, _metadata())
+    files = sample_files(tmp_path, "a")
+    version = registry.register(files, sample_metadata())
     assert (version.name, version.version, version.ref) == (NAME, 1, f"{NAME}:v1")
     assert version.files["weights/best.pt"].sha256 == hashlib.sha256(files["weights/best.pt"].read_bytes()).hexdigest()
     assert version.files["weights/best.pt"].size == files["weights/best.pt"].stat().st_size
@@ -75,11 +69,11 @@ def test_register_show_download_round_trip(object_store, tmp_path):
         "ultralytics_version",
         "torch_version",
         "wandb_run_path",
-        "flow_run_id",
+        "run_key",
         "created_at",
     ):
         assert field in manifest
-    assert registry.register(_weights(tmp_path, "b"), _metadata()).version == 2
+    assert registry.register(sample_files(tmp_path, "b"), sample_metadata()).version == 2
     assert [v.version for v in registry.list_versions()] == [1, 2]
     registry.set_alias("production", 1)
     for ref in ("v1", "1", "production", f"{NAME}:production", f"{NAME}:v1"):
@@ -91,18 +85,46 @@ def test_register_show_download_round_trip(object_store, tmp_path):
     assert json.loads((folder / "manifest.json").read_text())["version"] == 1
     assert registry.download("production", tmp_path / "dl") == folder  # identical: reused
     other = Registry(object_store, "other-model")
-    other.register(_weights(tmp_path, "o"), _metadata())
+    other.register(sample_files(tmp_path, "o"), sample_metadata())
     assert registry.download("other-model:v1", tmp_path / "dl") == tmp_path / "dl" / "other-model-v1"
+
+
+def test_manifest_location_registration_lookup_and_alias_target(object_store, tmp_path):
+    registry = Registry(object_store)
+    files = sample_files(tmp_path, "a")
+    version = registry.register(files, sample_metadata(run_key="run-7"))
+    assert registry.manifest_key(1) == f"models/{NAME}/versions/v1/manifest.json"
+    assert registry.manifest_uri(1) == object_store.uri(registry.manifest_key(1))
+    assert object_store.exists(registry.manifest_key(1))
+    weights_sha256 = version.files["weights/best.pt"].sha256
+    assert registry.find_registration("run-7", weights_sha256) == version
+    assert registry.find_registration("run-8", weights_sha256) is None
+    assert registry.find_registration("run-7", "0" * 64) is None
+    assert registry.alias_target("production") is None
+    registry.set_alias("production", 1)
+    assert registry.alias_target("production") == version
+
+
+def test_manifests_written_before_the_run_key_rename_still_read(object_store, tmp_path):
+    registry = Registry(object_store)
+    registry.register(sample_files(tmp_path, "a"), sample_metadata())
+    manifest = json.loads(object_store.get_bytes(registry.manifest_key(1))[0])
+    manifest["flow_run_id"] = manifest.pop("run_key")
+    old = ModelVersion.model_validate_json(json.dumps(manifest))
+    assert old.run_key == "run-1" and "flow_run_id" not in old.model_dump()
+    legacy_metadata = {**sample_metadata(), "flow_run_id": "run-2"}
+    legacy_metadata.pop("run_key")
+    assert registry.register(sample_files(tmp_path, "b"), legacy_metadata).run_key == "run-2"
 
 
 def test_bad_registrations_and_refs_are_refused(object_store, tmp_path):
     registry = Registry(object_store)
     with pytest.raises(ValueError, match="epochz"):
-        registry.register(_weights(tmp_path, "a"), _metadata(epochz=3))
+        registry.register(sample_files(tmp_path, "a"), sample_metadata(epochz=3))
     with pytest.raises(RegistryError, match="bad file name"):
-        registry.register({"../evil.pt": _weights(tmp_path, "b")["weights/best.pt"]}, _metadata())
+        registry.register({"../evil.pt": sample_files(tmp_path, "b")["weights/best.pt"]}, sample_metadata())
     with pytest.raises(RegistryError, match="not a file"):
-        registry.register({"best.pt": tmp_path / "missing.pt"}, _metadata())
+        registry.register({"best.pt": tmp_path / "missing.pt"}, sample_metadata())
     with pytest.raises(RegistryError, match="does not exist"):
         registry.set_alias("production", 7)
     with pytest.raises(RegistryError, match="no alias 'production'"):
@@ -120,16 +142,16 @@ def test_crashed_writer_leaves_no_visible_version(object_store, tmp_path):
     assert registry.list_versions() == []
     with pytest.raises(RegistryError, match="v1 does not exist"):
         registry.set_alias("candidate", 1)
-    assert registry.register(_weights(tmp_path, "a"), _metadata()).version == 2
+    assert registry.register(sample_files(tmp_path, "a"), sample_metadata()).version == 2
     assert [v.version for v in registry.list_versions()] == [2]
 
 
 def test_eight_parallel_registrations_and_alias_moves(object_store, tmp_path):
     registry = Registry(object_store)
-    inputs = [_weights(tmp_path, f"w{i}") for i in range(8)]
+    inputs = [sample_files(tmp_path, f"w{i}") for i in range(8)]
 
     def register_and_alias(i: int) -> int:
-        version = Registry(object_store).register(inputs[i], _metadata(flow_run_id=f"flow-{i}"))
+        version = Registry(object_store).register(inputs[i], sample_metadata(run_key=f"run-{i}"))
         registry.set_alias("candidate", version.version)
         registry.set_alias(f"worker{i}", version.version)
         return version.version
@@ -141,7 +163,7 @@ def test_eight_parallel_registrations_and_alias_moves(object_store, tmp_path):
     assert [v.version for v in versions] == list(range(1, 9))
     for i, number in enumerate(numbers):  # each version holds exactly its writer's files
         version = registry.get(f"v{number}")
-        assert version.flow_run_id == f"flow-{i}"
+        assert version.run_key == f"run-{i}"
         folder = registry.download(f"v{number}", tmp_path / "dl")
         assert (folder / "weights/best.pt").read_bytes() == inputs[i]["weights/best.pt"].read_bytes()
     aliases = registry.aliases()
@@ -151,7 +173,7 @@ def test_eight_parallel_registrations_and_alias_moves(object_store, tmp_path):
 
 def test_tampered_weights_fail_download_and_leave_nothing(object_store, tmp_path, reliability_log):
     registry = Registry(object_store)
-    version = registry.register(_weights(tmp_path, "a"), _metadata())
+    version = registry.register(sample_files(tmp_path, "a"), sample_metadata())
     key = f"models/{NAME}/versions/v{version.version}/weights/best.pt"
     data = bytearray(object_store.get_bytes(key)[0])
     data[len(data) // 2] ^= 0x01
@@ -172,9 +194,9 @@ def test_tampered_weights_fail_download_and_leave_nothing(object_store, tmp_path
 
 def test_resolve_reference_local_s3_and_registry(object_store, tmp_path):
     registry = Registry(object_store)
-    files = _weights(tmp_path, "a")
+    files = sample_files(tmp_path, "a")
     expected = files["weights/best.pt"].read_bytes()
-    registry.set_alias("production", registry.register(files, _metadata()).version)
+    registry.set_alias("production", registry.register(files, sample_metadata()).version)
     assert registry.resolve_reference(str(files["weights/best.pt"])) == files["weights/best.pt"].resolve()
     object_store.put_file(files["weights/best.pt"], "baselines/base.pt")
     cache = tmp_path / "cache"
@@ -191,57 +213,16 @@ RULE = PromotionRule(
 )
 
 
-def test_promotion_promotes_within_epsilon_and_meeting_class_target():
-    decision = decide_promotion(_metrics(0.445, 0.65), _metrics(0.45, 0.7), RULE, production_version=1)
-    assert decision.promote, decision.reasons
-    rows = {r.metric: r for r in decision.rows}
-    assert rows["mAP50-95"].candidate == 0.445 and rows["mAP50-95"].production == 0.45 and rows["mAP50-95"].passed
-    assert rows["toe_drain AP50"].passed and rows["rock_toe AP50"].passed is None
-    assert "| mAP50-95 | 0.4450 | 0.4500 |" in decision.to_markdown()
-
-
-@pytest.mark.parametrize(
-    ("candidate", "production", "failing"),
-    [
-        (_metrics(0.43, 0.7), _metrics(0.45, 0.7), "mAP50-95 = 0.4300 (needs >= 0.4400"),
-        (_metrics(0.50, 0.55), _metrics(0.45, 0.7), "toe_drain AP50 = 0.5500 (needs >= 0.6)"),
-        (_metrics(0.25, 0.7), None, "mAP50-95 = 0.2500 (needs >= 0.3 (first model))"),
-        (_metrics(float("nan"), 0.7), _metrics(0.45, 0.7), "mAP50-95 = missing"),
-        ({"overall": {"mAP50-95": 0.5}}, _metrics(0.45, 0.7), "toe_drain AP50 = missing"),
-    ],
-)
-def test_promotion_refuses(candidate, production, failing):
-    decision = decide_promotion(candidate, production, RULE)
-    assert not decision.promote
-    assert any(failing in reason for reason in decision.reasons), decision.reasons
-
-
-def test_first_model_meeting_targets_is_promoted():
-    decision = decide_promotion(_metrics(0.35, 0.62), None, RULE)
-    assert decision.promote and "first model meets" in decision.reasons[0]
-
-
-def test_rule_rejects_bad_fields():
-    with pytest.raises(ValueError):
-        PromotionRule(metric="accuracy")
-    with pytest.raises(ValueError):
-        PromotionRule(max_drop=-0.1)
-    with pytest.raises(ValueError):
-        PromotionRule(per_class_min={"toe_drain": {"AP50": 60}})
-    with pytest.raises(ValueError):
-        PromotionRule(per_class_min={"toe_drain": {"mAP": 0.6}})
-
-
 def test_apply_promotion_moves_aliases_and_detects_conflict(object_store, tmp_path):
     registry = Registry(object_store)
-    v1 = registry.register(_weights(tmp_path, "a"), _metadata()).version
-    v2 = registry.register(_weights(tmp_path, "b"), _metadata()).version
-    v3 = registry.register(_weights(tmp_path, "c"), _metadata()).version
-    first = decide_promotion(_metrics(0.4, 0.7), None, RULE)
+    v1 = registry.register(sample_files(tmp_path, "a"), sample_metadata()).version
+    v2 = registry.register(sample_files(tmp_path, "b"), sample_metadata()).version
+    v3 = registry.register(sample_files(tmp_path, "c"), sample_metadata()).version
+    first = decide_promotion(sample_metrics(0.4, 0.7), None, RULE)
     assert registry.apply_promotion(first, v1) == {"candidate": v1, "production": v1}
-    refused = decide_promotion(_metrics(0.3, 0.7), _metrics(0.4, 0.7), RULE, production_version=v1)
+    refused = decide_promotion(sample_metrics(0.3, 0.7), sample_metrics(0.4, 0.7), RULE, production_version=v1)
     assert registry.apply_promotion(refused, v2) == {"candidate": v2, "production": v1}
-    stale = decide_promotion(_metrics(0.5, 0.7), _metrics(0.4, 0.7), RULE, production_version=v1)
+    stale = decide_promotion(sample_metrics(0.5, 0.7), sample_metrics(0.4, 0.7), RULE, production_version=v1)
     registry.set_alias("production", v2)  # someone promoted meanwhile
     with pytest.raises(PromotionConflict, match=f"moved to v{v2}"):
         registry.apply_promotion(stale, v3)
@@ -253,14 +234,14 @@ def test_registration_while_storage_is_down_then_restarted(tmp_path, reliability
     try:
         store = ObjectStore(server.settings(), max_attempts=2, connect_timeout=1)
         registry = Registry(store)
-        registry.register(_weights(tmp_path, "a"), _metadata())
+        registry.register(sample_files(tmp_path, "a"), sample_metadata())
         server.stop()
         with pytest.raises(StorageError, match="cannot reach") as info:
-            registry.register(_weights(tmp_path, "b"), _metadata())
+            registry.register(sample_files(tmp_path, "b"), sample_metadata())
         assert "\n" not in str(info.value)
         server.start()
         assert [v.version for v in registry.list_versions()] == [1]  # nothing torn published
-        assert registry.register(_weights(tmp_path, "c"), _metadata()).version == 2
+        assert registry.register(sample_files(tmp_path, "c"), sample_metadata()).version == 2
         for version in registry.list_versions():
             registry.download(f"v{version.version}", tmp_path / "dl")  # all complete, sha256 verified
         reliability_log(
@@ -280,7 +261,7 @@ def test_cli_list_show_promote_download(object_store, tmp_path):
 
     registry = Registry(object_store)
     for tag in ("a", "b"):
-        registry.register(_weights(tmp_path, tag), _metadata())
+        registry.register(sample_files(tmp_path, tag), sample_metadata())
     runner = CliRunner()
     promoted = runner.invoke(app, ["models", "promote", f"{NAME}:v2", "--alias", "production"])
     assert promoted.exit_code == 0 and "production unset -> v2" in promoted.output

@@ -16,14 +16,8 @@ from pydantic import SecretStr
 
 from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
 from phase2.infra.settings import S3Settings
-from phase2.registry.storage import (
-    IntegrityError,
-    ObjectNotFound,
-    ObjectStore,
-    PreconditionFailed,
-    StorageError,
-    parse_uri,
-)
+from phase2.registry import storage
+from phase2.registry.storage import ObjectStore, PreconditionFailed, StorageError
 
 
 def _random_file(path: Path, size: int) -> Path:
@@ -54,13 +48,13 @@ def test_round_trips_bytes_files_listing(object_store, tmp_path):
     assert object_store.list("a/") == ["a/b/w.bin", "a/one.txt"]
     assert object_store.list("a/b/") == ["a/b/w.bin"]
     assert object_store.exists("a/one.txt") and not object_store.exists("a/none")
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(storage.ObjectNotFound):
         object_store.get_bytes("a/none")
     uri = object_store.uri("a/one.txt")
     assert uri == f"s3://{object_store.bucket}/a/one.txt"
-    assert parse_uri(uri) == (object_store.bucket, "a/one.txt")
+    assert storage.parse_uri(uri) == (object_store.bucket, "a/one.txt")
     with pytest.raises(ValueError):
-        parse_uri("https://x/y")
+        storage.parse_uri("https://x/y")
 
 
 def test_multipart_upload_of_17_mb_file_is_verified_and_create_only(object_store, tmp_path):
@@ -146,7 +140,7 @@ def test_corrupted_download_leaves_nothing(object_store, tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "w.pt").write_bytes(b"previous good file")
-    with pytest.raises(IntegrityError, match="does not match"):
+    with pytest.raises(storage.IntegrityError, match="does not match"):
         object_store.get_file("w.pt", dest / "w.pt", expected_sha256="0" * 64)
     assert sorted(p.name for p in dest.iterdir()) == ["w.pt"]
     assert (dest / "w.pt").read_bytes() == b"previous good file"  # untouched, no .part left
@@ -154,7 +148,7 @@ def test_corrupted_download_leaves_nothing(object_store, tmp_path):
 
 def test_object_without_checksum_is_refused(object_store, tmp_path):
     object_store._client.put_object(Bucket=object_store.bucket, Key="foreign.pt", Body=b"pickle")
-    with pytest.raises(IntegrityError, match="no sha256"):
+    with pytest.raises(storage.IntegrityError, match="no sha256"):
         object_store.get_file("foreign.pt", tmp_path / "foreign.pt")
     assert list(tmp_path.iterdir()) == []
 
@@ -185,7 +179,7 @@ def test_startup_survives_an_unreadable_instance_record(tmp_path, monkeypatch):
     missing, and start() then wait()ed for a running server to exit. The child we launched is
     now watched directly. (The unreadable record is simulated: that moment can't be made on demand.)"""
     server = SeaweedFS(tmp_path / "state", ports=SeaweedPorts.free())
-    monkeypatch.setattr(SeaweedFS, "_read_instance", lambda self: None)
+    monkeypatch.setattr(SeaweedFS, "running_instance", lambda self: None)
     try:
         server.start()
         assert ObjectStore(server.settings()).list(".phase2-ready/") == []

@@ -15,20 +15,24 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from phase2.infra.files import sha256_file
 from phase2.infra.tracking import Tracker, offline_history
+from phase2.registry.registry import Registry
 from phase2.training.fine_tune import (
+    CheckpointUploader,
     ResumeError,
     TrainingFailed,
-    _CheckpointUploader,
     checkpoint_is_complete,
     checkpoint_state,
     fine_tune,
     read_results,
+    start_weights,
 )
+from phase2.training.recipe import Recipe
 from tests.plugins.data import copy_subset
 
 EPOCHS = 2
@@ -104,6 +108,18 @@ def kill_during_epoch_2(save_dir: Path, future: Future, store=None, run_prefix: 
     assert checkpoint_state(weights / "last.pt")["epoch"] == 0  # 0-based: epoch 1 complete
 
 
+def run_args(data_yaml: Path, save_dir: Path, run_prefix: str, **extra: Any) -> dict[str, Any]:
+    """fine_tune's arguments in these tests: yolo11n from scratch under TRAIN_ARGS."""
+    return dict(
+        weights="yolo11n.yaml",
+        data_yaml=data_yaml,
+        train_args=TRAIN_ARGS,
+        save_dir=save_dir,
+        run_prefix=run_prefix,
+        **extra,
+    )
+
+
 def start(pool: ThreadPoolExecutor, **kwargs) -> Future:
     return pool.submit(fine_tune, poll_s=0.2, **kwargs)
 
@@ -113,12 +129,7 @@ def test_two_epochs_stream_to_wandb_and_checkpoints_to_s3(data_yaml, tmp_path, o
     seen: list[str] = []
     try:
         result = fine_tune(
-            weights="yolo11n.yaml",
-            data_yaml=data_yaml,
-            train_args=TRAIN_ARGS,
-            save_dir=tmp_path / "train",
-            store=object_store,
-            run_prefix="runs/r1/train",
+            **run_args(data_yaml, tmp_path / "train", "runs/r1/train", store=object_store),
             tracker=tracker,
             poll_s=0.2,
             on_epoch=lambda row: seen.append(row["epoch"]),
@@ -129,7 +140,7 @@ def test_two_epochs_stream_to_wandb_and_checkpoints_to_s3(data_yaml, tmp_path, o
     history = offline_history(tracker.run_dir)
     assert [row["epoch"] for row in history] == [1, 2]
     rows = read_results(result.results_csv)
-    for logged, row in zip(history, rows):
+    for logged, row in zip(history, rows, strict=True):
         assert logged["metrics/mAP50"] == pytest.approx(float(row["metrics/mAP50(B)"]))
         assert "train/box_loss" in logged and "lr/pg0" in logged
     assert seen == ["1", "2"]
@@ -153,28 +164,14 @@ def test_two_epochs_stream_to_wandb_and_checkpoints_to_s3(data_yaml, tmp_path, o
     assert f"torch threads: {os.cpu_count()}" in (tmp_path / "train.log").read_text()
 
     # A finished run is returned as is, without training again.
-    again = fine_tune(
-        weights="yolo11n.yaml",
-        data_yaml=data_yaml,
-        train_args=TRAIN_ARGS,
-        save_dir=tmp_path / "train",
-        store=object_store,
-        run_prefix="runs/r1/train",
-    )
+    again = fine_tune(**run_args(data_yaml, tmp_path / "train", "runs/r1/train", store=object_store))
     assert again.last_sha256 == result.last_sha256
 
 
 @pytest.mark.slow
 def test_kill_9_in_epoch_2_then_retry_trains_only_the_missing_epoch(data_yaml, tmp_path, object_store, reliability_log):
     save_dir, prefix, wandb_id = tmp_path / "train", "runs/r2/train", run_id()
-    common = dict(
-        weights="yolo11n.yaml",
-        data_yaml=data_yaml,
-        train_args=TRAIN_ARGS,
-        save_dir=save_dir,
-        store=object_store,
-        run_prefix=prefix,
-    )
+    common = run_args(data_yaml, save_dir, prefix, store=object_store)
     first = Tracker(wandb_id)
     with ThreadPoolExecutor(1) as pool:
         kill_during_epoch_2(save_dir, start(pool, tracker=first, **common))
@@ -211,14 +208,7 @@ def test_kill_9_in_epoch_2_then_retry_trains_only_the_missing_epoch(data_yaml, t
 @pytest.mark.slow
 def test_fresh_worker_resumes_from_s3(data_yaml, tmp_path, object_store):
     save_dir, prefix = tmp_path / "train", "runs/r3/train"
-    common = dict(
-        weights="yolo11n.yaml",
-        data_yaml=data_yaml,
-        train_args=TRAIN_ARGS,
-        save_dir=save_dir,
-        store=object_store,
-        run_prefix=prefix,
-    )
+    common = run_args(data_yaml, save_dir, prefix, store=object_store)
     with ThreadPoolExecutor(1) as pool:
         kill_during_epoch_2(save_dir, start(pool, **common), object_store, prefix)
     epoch_1_row = (save_dir / "results.csv").read_text().splitlines()[1]
@@ -236,11 +226,11 @@ def test_fresh_worker_resumes_from_s3(data_yaml, tmp_path, object_store):
 
 def test_resume_cannot_extend_epochs(data_yaml, tmp_path):
     save_dir = tmp_path / "train"
-    common = dict(weights="yolo11n.yaml", data_yaml=data_yaml, save_dir=save_dir, run_prefix="runs/r4/train")
+    common = run_args(data_yaml, save_dir, "runs/r4/train")
     with ThreadPoolExecutor(1) as pool:
-        kill_during_epoch_2(save_dir, start(pool, train_args=TRAIN_ARGS, **common))
+        kill_during_epoch_2(save_dir, start(pool, **common))
     with pytest.raises(ResumeError, match=r"trained towards 2 epochs.*cannot resume to 3.*Keep epochs=2"):
-        fine_tune(train_args={**TRAIN_ARGS, "epochs": 3}, **common)
+        fine_tune(**{**common, "train_args": {**TRAIN_ARGS, "epochs": 3}})
     assert checkpoint_state(save_dir / "weights" / "last.pt")["epoch"] == 0  # left untouched
 
 
@@ -248,13 +238,7 @@ def test_row_appended_before_last_pt_is_not_duplicated(data_yaml, tmp_path):
     """Ultralytics appends results.csv, then writes last.pt: a kill between leaves epoch k+1's
     row next to epoch k's checkpoint. The resumed run must contain each epoch exactly once."""
     save_dir = tmp_path / "train"
-    common = dict(
-        weights="yolo11n.yaml",
-        data_yaml=data_yaml,
-        train_args=TRAIN_ARGS,
-        save_dir=save_dir,
-        run_prefix="runs/r5/train",
-    )
+    common = run_args(data_yaml, save_dir, "runs/r5/train")
     with ThreadPoolExecutor(1) as pool:
         kill_during_epoch_2(save_dir, start(pool, **common))
     results_csv = save_dir / "results.csv"
@@ -270,9 +254,7 @@ def test_row_appended_before_last_pt_is_not_duplicated(data_yaml, tmp_path):
 
 def test_torn_last_pt_is_recovered_from_s3_else_refused(data_yaml, tmp_path, object_store):
     save_dir, prefix = tmp_path / "train", "runs/r6/train"
-    common = dict(
-        weights="yolo11n.yaml", data_yaml=data_yaml, train_args=TRAIN_ARGS, save_dir=save_dir, run_prefix=prefix
-    )
+    common = run_args(data_yaml, save_dir, prefix)
     with ThreadPoolExecutor(1) as pool:
         kill_during_epoch_2(save_dir, start(pool, store=object_store, **common), object_store, prefix)
     last = save_dir / "weights" / "last.pt"
@@ -297,9 +279,20 @@ def test_uploader_skips_its_own_snapshots(tmp_path, object_store):
     weights.mkdir()
     torch.save({"epoch": 0}, weights / "last.pt")
     shutil.copy(weights / "last.pt", weights / ".upload-last.pt")
-    uploader = _CheckpointUploader(object_store, "runs/u/train", weights)
+    uploader = CheckpointUploader(object_store, "runs/u/train", weights)
     uploader.poll()
     uploader.poll()  # unchanged for one poll: uploaded
     uploader.finish()
     assert object_store.list("runs/u/train/") == ["runs/u/train/weights/last.pt"]
     assert uploader.errors == []
+
+
+def test_start_weights_from_scratch_baseline_or_recipe_model(object_store, tmp_path):
+    registry, cache = Registry(object_store), tmp_path / "cache"
+    local = tmp_path / "base.pt"
+    local.write_bytes(b"weights")
+    baseline_recipe = Recipe(name="r")
+    assert start_weights(baseline_recipe, "yolo11n.yaml", registry, cache_dir=cache) == "yolo11n.yaml"
+    assert start_weights(baseline_recipe, str(local), registry, cache_dir=cache) == str(local.resolve())
+    own_model = Recipe(name="r", train={"model": "yolo11s.yaml"})
+    assert start_weights(own_model, str(local), registry, cache_dir=cache) == "yolo11s.yaml"

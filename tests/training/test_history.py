@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from phase2.evaluation.selection import summarize_history, ultralytics_fitness_formula, ultralytics_fitness_weights
+from phase2.training.history import summarize_history, ultralytics_fitness_formula, ultralytics_fitness_weights
 
 # Ultralytics' header; older versions pad names with spaces, which the parser must strip.
 HEADER = [

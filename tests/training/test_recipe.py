@@ -143,7 +143,7 @@ def test_bad_recipes_are_rejected_naming_file_and_key(tmp_path, train, top, key,
         "bad input",
         "malformed recipes (unknown keys, wrong types, zero/negative epochs, unknown model yaml)",
         expected="RecipeError naming the file and the key",
-        observed=f"{key}: {words}",
+        observed=key + ": " + words,
     )
 
 
@@ -171,3 +171,32 @@ def test_close_mosaic_at_or_above_epochs_is_linted():
 
 def test_demo_recipe_avoids_the_seed_traps():
     assert lint_recipe(load_recipe("phase2-demo")) == []
+
+
+def test_classes_and_minority_class_are_recipe_data():
+    shipped = load_recipe("phase2-seed")
+    assert shipped.classes == ["rock_toe", "slope_drain", "toe_drain", "vegetation"]
+    assert shipped.minority_class == "toe_drain" and shipped.rebalance.targets == {"toe_drain": 18}
+    unset = Recipe(name="r")
+    assert unset.classes is None and unset.rebalance.targets == {"toe_drain": 18}  # None: data.yaml's names
+    culvert = Recipe(name="r", classes=["pipe", "culvert"], minority_class="culvert")
+    assert culvert.rebalance.targets == {"culvert": 18}  # the default target follows the minority class
+    assert Recipe.model_validate(culvert.model_dump()) == culvert
+
+
+@pytest.mark.parametrize(
+    ("top", "field"),
+    [
+        ({"minority_class": "culvert"}, "minority_class"),
+        ({"rebalance": {"targets": {"culvert": 4}}}, "rebalance.targets"),
+        ({"promotion": {"per_class_min": {"culvert": {"AP50": 0.5}}}}, "promotion.per_class_min"),
+        (
+            {"selection": {"kind": "class_aware", "class_floors": {"culvert": {"AP50": 0.5}}}},
+            "selection.class_floors",
+        ),
+    ],
+)
+def test_class_names_outside_classes_are_refused(tmp_path, top, field):
+    path = write_recipe(tmp_path, {}, classes=["rock_toe", "toe_drain"], **top)
+    with pytest.raises(RecipeError, match=rf"{re.escape(field)} names \['culvert'\], not among classes"):
+        load_recipe(path)
