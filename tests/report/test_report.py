@@ -1,103 +1,30 @@
-"""The review report, built from a real tiny pipeline run (the phase2 flow in-process on a small
-copy of the real dataset, real SeaweedFS, W&B offline), and the W&B Report spec (no network)."""
+"""The review report, built from a real tiny pipeline run (conftest.py: the phase2 flow in-process
+on a small copy of the real dataset, real SeaweedFS, W&B offline), and the W&B Report spec (no network)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
-import yaml
+import wandb_workspaces.reports.v2 as wr
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from typer.testing import CliRunner
 
+from phase2.cli import app
 from phase2.infra.files import sha256_file
-from phase2.infra.settings import MINORITY_CLASS
-from phase2.report import report
-from tests.plugins.data import TINY_RECIPE
-
-MODEL_NAME = "report-test-detector"
-_RUNS: dict[str, dict] = {}
-
-
-def _untrained_baseline(path: Path, names: list[str]) -> Path:
-    """A 4-class YOLO11n checkpoint (random weights): the baseline and the 'production' model."""
-    from ultralytics import YOLO
-    from ultralytics.nn.tasks import DetectionModel
-
-    model = YOLO("yolo11n.yaml")
-    model.model = DetectionModel("yolo11n.yaml", nc=len(names), verbose=False)
-    model.model.names = dict(enumerate(names))
-    model.save(str(path))
-    return path
-
-
-def _prefect_api(request, root: Path) -> str:
-    """The session's Prefect server if one is up (local_stack), else a real one for these tests
-    (Prefect's temporary in-process server can miss its 20 s start limit on 2 busy cores)."""
-    from phase2.infra.prefect_stack import PrefectServer, free_port
-
-    if os.environ.get("PREFECT_API_URL"):
-        return os.environ["PREFECT_API_URL"]
-    server = PrefectServer(root / "prefect-server", port=free_port(), ui=False)
-    request.config.add_cleanup(server.stop)
-    return server.start().api_url
-
-
-def tiny_pipeline_run(request, seaweedfs, real_dataset, tmp_path_factory) -> dict:
-    """Run the flow once per test session (shared by the report tests); production = the baseline."""
-    if "run" in _RUNS:
-        return _RUNS["run"]
-    from flows.train import phase2
-    from phase2.infra.settings import state_dir
-    from phase2.registry.registry import Registry
-    from phase2.registry.storage import ObjectStore
-    from phase2.training.recipe import Recipe
-    from tests.plugins.data import copy_subset
-
-    root = tmp_path_factory.mktemp("report-run")
-    data_yaml = copy_subset(real_dataset, root / "site-small", {"train": 8, "val": 4, "test": 3})
-    names = yaml.safe_load(data_yaml.read_text())["names"]
-    baseline = _untrained_baseline(root / "baseline.pt", list(names.values()) if isinstance(names, dict) else names)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    api_url = _prefect_api(request, root)
-    with pytest.MonkeyPatch.context() as patch, temporary_settings({PREFECT_API_URL: api_url}):
-        for key, value in seaweedfs.env().items():
-            patch.setenv(key, value)
-        store = ObjectStore(seaweedfs.settings())
-        store.ensure_bucket()
-        registry = Registry(store, MODEL_NAME)
-        production = registry.register({"weights/best.pt": baseline}, {"flow_run_id": "report-test-production"})
-        registry.set_alias("production", production.version)
-        state = phase2(
-            data=str(data_yaml),
-            baseline=str(baseline),
-            recipe=Recipe.model_validate(TINY_RECIPE),
-            model_name=MODEL_NAME,
-            return_state=True,
-        )
-    assert state.is_completed(), state
-    summary = state.result()
-    flow_run_id = str(state.state_details.flow_run_id)
-    work_dir = state_dir() / "pipeline" / report.run_key_for(flow_run_id)
-    _RUNS["run"] = {
-        "summary": summary,
-        "flow_run_id": flow_run_id,
-        "work_dir": work_dir,
-        "store": store,
-        "api_url": api_url,
-        "version": registry.get(summary["model"]),
-        "production": production,
-        "baseline": baseline,
-    }
-    return _RUNS["run"]
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(request, seaweedfs, real_dataset, tmp_path_factory) -> dict:
-    return tiny_pipeline_run(request, seaweedfs, real_dataset, tmp_path_factory)
+from phase2.infra.tracking import offline_history
+from phase2.report.html import build_html_report
+from phase2.report.inputs import PER_CLASS_KEYS, ReportError
+from phase2.report.past_runs import report_for_run
+from phase2.report.wandb_report import wandb_report_spec
+from phase2.runs import RunLayout
+from phase2.training.history import summarize_history
 
 
 class Page(HTMLParser):
@@ -148,7 +75,7 @@ class Page(HTMLParser):
 
 
 def expected_cells(metrics: dict) -> dict[tuple[str, str], float | None]:
-    cells = {(name, key): values[key] for name, values in metrics["per_class"].items() for key in report.PER_CLASS_KEYS}
+    cells = {(name, key): values[key] for name, values in metrics["per_class"].items() for key in PER_CLASS_KEYS}
     overall = metrics["overall"]
     cells.update(
         {
@@ -171,8 +98,8 @@ def assert_column(page: Page, model: str, metrics: dict) -> None:
 
 
 def test_report_sections_from_a_real_run(pipeline_run):
-    work_dir, version = pipeline_run["work_dir"], pipeline_run["version"]
-    html = work_dir / "report" / "report.html"
+    layout, version = pipeline_run["layout"], pipeline_run["version"]
+    html = layout.report_html
     page = Page(html.read_text())
 
     assert page.sections == [
@@ -194,73 +121,66 @@ def test_report_sections_from_a_real_run(pipeline_run):
 
     # Stored in S3 with the run, byte for byte; the summary points at it.
     store = pipeline_run["store"]
-    key = f"runs/{work_dir.name}/report/report.html"
+    key = f"runs/{layout.run_key}/report/report.html"
+    assert key == layout.report_html_key
     assert store.head(key)["sha256"] == sha256_file(html)
     assert pipeline_run["summary"]["report"] == store.uri(key)
 
     # Training: best epoch and stop reason are those of the history.
-    from phase2.evaluation.selection import summarize_history
-
-    history = summarize_history(work_dir / "train" / "results.csv")
+    history = summarize_history(layout.stage_dir("train") / "results.csv")
     assert page.by_id["best-epoch"] == str(history.best_epoch)
     assert page.by_id["stop-reason"] == history.stop_reason
 
     # Dataset: every finding code is counted; leaks repaired as the manifest says.
-    findings = json.loads((work_dir / "validation" / "report.json").read_text())["findings"]
+    findings = json.loads((layout.stage_dir("validation") / "report.json").read_text())["findings"]
     for code in {f["code"] for f in findings}:
         assert code in page.by_id["findings"]
-    manifest = json.loads((work_dir / "dataset" / "manifest.json").read_text())
+    manifest = json.loads((layout.stage_dir("dataset") / "manifest.json").read_text())
     for leak in manifest["repaired_leaks"]:
         assert leak["group_id"] in page.by_id["leaks-repaired"]
 
-    # Selection: every candidate re-evaluated is listed, the winner named.
-    import pandas as pd
-
-    candidates = pd.read_csv(work_dir / "selection" / "candidates.csv")
+    # Selection: every candidate re-evaluated is listed, the winner named, with the policy and
+    # protocol of the selection's structured result.
+    candidates = pd.read_csv(layout.stage_dir("selection") / "candidates.csv")
     assert all(name in page.by_id["candidates"] for name in candidates["candidate"])
     assert page.by_id["winner"] == Path(pipeline_run["summary"]["selected"]).stem
+    selection = json.loads((layout.stage_dir("selection") / "selection.json").read_text())
+    assert selection["policy_description"] in page.by_id["selection"]
+    assert f"imgsz {selection['val']['protocol']['imgsz']}" in page.by_id["selection"]
 
     # Per class: the new model's numbers are the registry version's; production and baseline
     # are the evaluations under the same protocol.
     assert_column(page, "new", version.metrics["val"])
-    assert_column(page, "production", json.loads((work_dir / "production-eval" / "metrics.json").read_text()))
-    assert_column(page, "baseline", json.loads((work_dir / "report" / "baseline-eval" / "metrics.json").read_text()))
+    assert_column(page, "production", json.loads((layout.stage_dir("production-eval") / "metrics.json").read_text()))
+    assert_column(
+        page, "baseline", json.loads((layout.stage_dir("report") / "baseline-eval" / "metrics.json").read_text())
+    )
 
     # Detections: one tile per val image (up to 12), minority-class images first.
-    tiles = json.loads((work_dir / "report" / "detections" / "detections.json").read_text())["tiles"]
-    val_images = (work_dir / "dataset" / "val.txt").read_text().split()
+    tiles = json.loads((layout.stage_dir("report") / "detections" / "detections.json").read_text())["tiles"]
+    val_images = (layout.stage_dir("dataset") / "val.txt").read_text().split()
     assert len(tiles) == min(12, len(val_images))
-    has_minority = [MINORITY_CLASS in t["ground_truth"] for t in tiles]
+    has_minority = [pipeline_run["minority_class"] in t["ground_truth"] for t in tiles]
     assert any(has_minority) and has_minority == sorted(has_minority, reverse=True)
     assert len([img for img in page.images if img.get("class") == "tile"]) == len(tiles)
 
     # Promotion and timings.
-    promotion = json.loads((work_dir / "report" / "promotion.json").read_text())
+    promotion = json.loads((layout.stage_dir("report") / "promotion.json").read_text())
     assert ("PROMOTED" if promotion["promote"] else "KEPT") in page.by_id["promotion"]
     assert pipeline_run["summary"]["promoted"] == promotion["promote"]
     timings = page.by_id["timings-table"]
-    for task in (
-        "validate_dataset",
-        "rebalance_validation",
-        "fine_tune",
-        "select_checkpoint",
-        "register_model",
-        "promote_model",
-        "build_report",
-    ):
-        assert task in timings
+    tasks = "validate_dataset rebalance_validation fine_tune select_checkpoint register_model promote_model"
+    tasks += " build_report"
+    assert all(task in timings for task in tasks.split()), timings
 
 
 def test_prefect_artifacts_link_the_report_and_hold_the_tables(pipeline_run):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    key = f"review-report-{MODEL_NAME}"
+    model_name = pipeline_run["version"].name
+    key = f"review-report-{model_name}"
     with temporary_settings({PREFECT_API_URL: pipeline_run["api_url"]}), get_client(sync_client=True) as client:
         links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
         tables = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"per-class-comparison-{MODEL_NAME}"]))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"per-class-comparison-{model_name}"]))
         )
     assert pipeline_run["summary"]["report"] in links[-1].data
     rows = json.loads(tables[-1].data) if isinstance(tables[-1].data, str) else tables[-1].data
@@ -272,14 +192,10 @@ def test_prefect_artifacts_link_the_report_and_hold_the_tables(pipeline_run):
 def test_report_of_a_past_run_by_flow_run_id_or_key(pipeline_run, tmp_path, seaweedfs, monkeypatch):
     for key, value in seaweedfs.env().items():
         monkeypatch.setenv(key, value)
-    from typer.testing import CliRunner
-
-    from phase2.cli import app
-
-    work_dir = pipeline_run["work_dir"]
-    stored = work_dir / "report" / "report.html"
+    layout = pipeline_run["layout"]
+    stored = layout.report_html
     runner = CliRunner()
-    for run in (pipeline_run["flow_run_id"], work_dir.name):
+    for run in (pipeline_run["flow_run_id"], layout.run_key):
         out = tmp_path / f"{run}.html"
         result = runner.invoke(app, ["report", run, "--out", str(out)])
         assert result.exit_code == 0, result.output
@@ -291,22 +207,23 @@ def test_report_of_a_past_run_by_flow_run_id_or_key(pipeline_run, tmp_path, seaw
     aside = tmp_path / "aside.html"
     shutil.move(stored, aside)
     try:
-        fetched = report.report_for_run(work_dir.name, store=pipeline_run["store"])
+        fetched = report_for_run(layout.run_key, store=pipeline_run["store"])
         assert fetched.read_bytes() == aside.read_bytes()
     finally:
         shutil.copyfile(aside, stored)
 
 
 def test_missing_parts_are_named_not_fatal(pipeline_run, tmp_path):
-    partial = tmp_path / "partial-run"
-    (partial / "train").mkdir(parents=True)
+    partial = RunLayout.for_run("partial-run", tmp_path / "state")
+    partial.stage_dir("train").mkdir(parents=True)
     for name in ("results.csv", "args.yaml"):
-        shutil.copy(pipeline_run["work_dir"] / "train" / name, partial / "train" / name)
-    page = Page(report.build_html_report(partial, tmp_path / "r.html").read_text())
+        shutil.copy(pipeline_run["layout"].stage_dir("train") / name, partial.stage_dir("train") / name)
+    page = Page(build_html_report(partial, tmp_path / "r.html").read_text())
     text = (tmp_path / "r.html").read_text()
     for missing in (
         "validation/report.json",
         "dataset/balance.csv",
+        "selection/selection.json",
         "selection/candidates.csv",
         "report/promotion.json",
         "report/timings.json",
@@ -315,12 +232,12 @@ def test_missing_parts_are_named_not_fatal(pipeline_run, tmp_path):
         assert f"Not available: {missing}" in text
     assert [img["data-name"] for img in page.images] == ["Training curves per epoch"]
     assert all(text == "–" for _, text in page.cells.values())
-    with pytest.raises(report.ReportError, match="no such run directory"):
-        report.build_html_report(tmp_path / "nope", tmp_path / "x.html")
+    with pytest.raises(ReportError, match="no such run directory"):
+        build_html_report(RunLayout.for_run("nope", tmp_path / "state"), tmp_path / "x.html")
 
 
 def _spec():
-    return report.wandb_report_spec(
+    return wandb_report_spec(
         entity="acme",
         project="site-inspection-phase2",
         run_id="abc123",
@@ -331,15 +248,11 @@ def _spec():
 
 
 def _panels(spec) -> list:
-    import wandb_workspaces.reports.v2 as wr
-
     return [p for b in spec.blocks if isinstance(b, wr.PanelGrid) for p in b.panels]
 
 
 def _panel_keys(spec) -> tuple[set[str], set[str], set[str]]:
     """(line plot y keys, media keys, table names) of the report's panels."""
-    import wandb_workspaces.reports.v2 as wr
-
     panels = _panels(spec)
     return (
         {key for p in panels if isinstance(p, wr.LinePlot) for key in p.y},
@@ -350,8 +263,6 @@ def _panel_keys(spec) -> tuple[set[str], set[str], set[str]]:
 
 def test_wandb_report_spec_panels():
     """Built with no network (saving it needs W&B online)."""
-    import wandb_workspaces.reports.v2 as wr
-
     spec = _spec()
     assert (spec.entity, spec.project, spec.title) == (
         "acme",
@@ -395,8 +306,6 @@ def test_wandb_report_spec_panels():
 
 def test_wandb_report_panels_show_what_the_run_logged(pipeline_run):
     """Each panel's key was really logged by the pipeline's steps (offline run read back)."""
-    from phase2.infra.tracking import offline_history
-
     plotted, media, tables = _panel_keys(_spec())
     run_dir = Path(pipeline_run["summary"]["wandb_run"].removeprefix("offline:"))
     logged = {key.split(".", 1)[0] for row in offline_history(run_dir) for key in row}  # media/tables: key.path

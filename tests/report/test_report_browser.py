@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from phase2.report import report
-from tests.test_report import tiny_pipeline_run
+from phase2.report.inputs import PER_CLASS_KEYS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -62,9 +61,9 @@ def _chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedPro
     )
 
 
-def test_report_renders_in_chromium(chromium, request, seaweedfs, real_dataset, tmp_path_factory, tmp_path):
-    run = tiny_pipeline_run(request, seaweedfs, real_dataset, tmp_path_factory)
-    html = (run["work_dir"] / "report" / "report.html").read_text()
+def test_report_renders_in_chromium(chromium, pipeline_run, tmp_path):
+    run = pipeline_run
+    html = run["layout"].report_html.read_text()
     probed = tmp_path / "probed.html"
     page = html.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';", 1)
     probed.write_text(page.replace("</body>", PROBE + "</body>", 1))
@@ -87,7 +86,7 @@ def test_report_renders_in_chromium(chromium, request, seaweedfs, real_dataset, 
         "Task run durations",
     ):
         assert expected in names
-    tiles = json.loads((run["work_dir"] / "report" / "detections" / "detections.json").read_text())["tiles"]
+    tiles = json.loads((run["layout"].stage_dir("report") / "detections" / "detections.json").read_text())["tiles"]
     assert sum(i["cls"] == "tile" for i in images) == len(tiles) > 0
     broken = [i for i in images if not (i["complete"] and i["width"] > 0 and i["height"] > 0 and i["shown"] > 0)]
     assert not broken, broken
@@ -97,7 +96,7 @@ def test_report_renders_in_chromium(chromium, request, seaweedfs, real_dataset, 
     metrics = run["version"].metrics["val"]
     checked = 0
     for name, values in metrics["per_class"].items():
-        for key in report.PER_CLASS_KEYS:
+        for key in PER_CLASS_KEYS:
             cell = cells[(name, key)]
             if values[key] is None:
                 assert cell["text"] == "–" and cell["value"] == ""
@@ -114,7 +113,7 @@ def test_report_renders_in_chromium(chromium, request, seaweedfs, real_dataset, 
         "--window-size=1280,2400",
         "--hide-scrollbars",
         f"--screenshot={screenshot}",
-        (run["work_dir"] / "report" / "report.html").as_uri(),
+        run["layout"].report_html.as_uri(),
     )
     assert shot.returncode == 0 and screenshot.stat().st_size > 20_000, shot.stderr[-2000:]
     from PIL import Image
