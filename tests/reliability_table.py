@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from phase2.infra.files import atomic_write_text
+
 CATEGORIES = ("fault", "bad input", "security", "load")
 
 PREAMBLE = """\
@@ -110,10 +112,7 @@ class ReliabilityLog:
         return "\n".join(lines)
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text(self.markdown())
-        tmp.replace(path)
+        atomic_write_text(path, self.markdown())
 
 
 def _one_line(text: str) -> str:

@@ -13,22 +13,23 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import urllib.request
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel
+
+from phase2.infra.secrets import RedactingFilter, redact
 
 WEBHOOK_ENV = "PHASE2_NOTIFY_WEBHOOK"
 WEBHOOK_SECRET_BLOCK = "phase2-notify-webhook"
 TIMEOUT_S = 10
 # Flow parameters worth showing in a message (paths and names; credentials are never parameters).
 _SHOWN_PARAMETERS = ("data", "baseline", "recipe_name", "model_name", "run_name", "skip_if_unchanged")
-_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|WEBHOOK", re.IGNORECASE)
-_URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
 
 Event = Literal["failed", "crashed", "promoted"]
 log = logging.getLogger("phase2.notifications")
+log.addFilter(RedactingFilter())  # exception texts can carry the webhook URL's token
 
 
 class Notification(BaseModel):
@@ -46,26 +47,17 @@ class Notification(BaseModel):
     ui_url: str | None = None
 
 
-def secret_values() -> list[str]:
-    """Values that must never appear in a message: env vars named like credentials."""
-    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 4}
-    return sorted(values, key=len, reverse=True)
-
-
-def redact(text: str) -> str:
-    for value in secret_values():
-        text = text.replace(value, "***")
-    return _URL_CREDENTIALS.sub("***@", text)
-
-
 def webhook_url() -> str | None:
     """$PHASE2_NOTIFY_WEBHOOK, else the Secret block `phase2-notify-webhook`, else None."""
     if url := os.environ.get(WEBHOOK_ENV):
         return url
     from prefect.blocks.system import Secret
 
+    # Block.load dispatches on the calling context and its type says "maybe a coroutine";
+    # _sync=True asks for the synchronous loader, which returns the block itself.
+    load_sync = cast("Callable[..., Secret[str]]", Secret.load)
     try:
-        return str(Secret.load(WEBHOOK_SECRET_BLOCK, _sync=True).get())
+        return str(load_sync(WEBHOOK_SECRET_BLOCK, _sync=True).get())
     except (ValueError, RuntimeError) as exc:  # block missing, or no API to ask
         log.debug("no webhook configured (%s)", type(exc).__name__)
         return None
@@ -80,9 +72,10 @@ def send(notification: Notification, url: str | None = None) -> bool:
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            return 200 <= response.status < 300
+            status: int = response.status
+            return 200 <= status < 300
     except OSError as exc:
-        log.warning("webhook notification %s not delivered: %s", notification.event, redact(str(exc)))
+        log.warning("webhook notification %s not delivered: %s", notification.event, exc)
         return False
 
 

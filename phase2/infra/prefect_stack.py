@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-from phase2.infra.seaweedfs import SeaweedFS, process_alive, stop_process_group
+from pydantic import BaseModel
+
+from phase2.infra.files import atomic_write_text
+from phase2.infra.processes import process_alive, process_created_at, stop_process_group
+from phase2.infra.seaweedfs import SeaweedFS
 from phase2.infra.settings import PROJECT_ROOT, configure_environment, state_dir
 
 DEFAULT_PORT = 4200
@@ -28,36 +32,51 @@ DEFAULT_POOL = "phase2-process"
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _prefect_bin() -> str:
     return str(Path(sys.executable).with_name("prefect"))
 
 
+class ProcessRecord(BaseModel):
+    """What <state>/prefect/<name>.json says about a background process we started."""
+
+    pid: int
+    # Start time of that pid: a later process that reuses the pid is not ours.
+    created_at: float | None = None
+    command: list[str]
+    port: int | None = None
+    pool: str | None = None
+
+
 class _Managed:
-    """A background process recorded in <state>/prefect/<name>.json (pid, port, command)."""
+    """A background process recorded in <state>/prefect/<name>.json."""
 
     name = "process"
 
-    def __init__(self, state: Path | None = None):
+    def __init__(self, state: Path | None = None) -> None:
         self.state = (state or state_dir()).resolve()
         self.root = self.state / "prefect"
         self.root.mkdir(parents=True, exist_ok=True)
         self.record_file = self.root / f"{self.name}.json"
         self.log_file = self.root / f"{self.name}.log"
 
-    def record(self) -> dict | None:
+    def record(self) -> ProcessRecord | None:
+        """The record of the running process; None when there is none or it has exited."""
         try:
-            rec = json.loads(self.record_file.read_text())
+            rec = ProcessRecord.model_validate_json(self.record_file.read_text())
         except (OSError, ValueError):
             return None
-        return rec if process_alive(rec["pid"]) else None
+        return rec if process_alive(rec.pid, rec.created_at) else None
 
     def is_running(self) -> bool:
         return self.record() is not None
 
-    def _spawn(self, command: list[str], env: dict[str, str], **extra) -> int:
+    def _spawn(
+        self, command: list[str], env: dict[str, str], *, port: int | None = None, pool: str | None = None
+    ) -> int:
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 command,
@@ -68,17 +87,20 @@ class _Managed:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.record_file.write_text(json.dumps({"pid": proc.pid, "command": command, **extra}))
+        record = ProcessRecord(
+            pid=proc.pid, created_at=process_created_at(proc.pid), command=command, port=port, pool=pool
+        )
+        atomic_write_text(self.record_file, record.model_dump_json())
         return proc.pid
 
     def stop(self) -> None:
         rec = self.record()
         if rec:
-            stop_process_group(rec["pid"], grace=10.0)
+            stop_process_group(rec.pid, grace=10.0)
         self.record_file.unlink(missing_ok=True)
 
     @contextlib.contextmanager
-    def _lock(self):
+    def _lock(self) -> Iterator[None]:
         with open(self.root / f".{self.name}.lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             yield
@@ -87,7 +109,7 @@ class _Managed:
 class PrefectServer(_Managed):
     name = "server"
 
-    def __init__(self, state: Path | None = None, *, port: int | None = None, ui: bool = True):
+    def __init__(self, state: Path | None = None, *, port: int | None = None, ui: bool = True) -> None:
         super().__init__(state)
         self.requested_port = port or int(os.environ.get("PHASE2_PREFECT_PORT", DEFAULT_PORT))
         self.ui = ui
@@ -95,7 +117,7 @@ class PrefectServer(_Managed):
     @property
     def port(self) -> int:
         rec = self.record()
-        return rec["port"] if rec else self.requested_port
+        return rec.port if rec and rec.port else self.requested_port
 
     @property
     def api_url(self) -> str:
@@ -107,7 +129,7 @@ class PrefectServer(_Managed):
     def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
-                return resp.status == 200
+                return bool(resp.status == 200)
         except OSError:
             return False
 
@@ -135,7 +157,7 @@ class PrefectServer(_Managed):
 class PrefectWorker(_Managed):
     name = "worker"
 
-    def __init__(self, state: Path | None = None, *, pool: str = DEFAULT_POOL):
+    def __init__(self, state: Path | None = None, *, pool: str = DEFAULT_POOL) -> None:
         super().__init__(state)
         self.pool = pool
 
@@ -150,7 +172,7 @@ class PrefectWorker(_Managed):
         return self
 
 
-def run_prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+def run_prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run a `prefect` CLI command; raise with its output on failure."""
     proc = subprocess.run(
         [_prefect_bin(), *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
@@ -173,7 +195,7 @@ class LocalStack:
         ui: bool = True,
         pool: str = DEFAULT_POOL,
         seaweedfs: SeaweedFS | None = None,
-    ):
+    ) -> None:
         self.state = (state or state_dir()).resolve()
         self.s3 = seaweedfs or SeaweedFS(self.state)
         self.server = PrefectServer(self.state, port=prefect_port, ui=ui)

@@ -34,23 +34,23 @@ def process_alive(pid: int, created_at: float | None = None) -> bool:
         return created_at is None
 
 
-def stop_process_group(pid: int, grace: float, gone: Callable[[int], bool] | None = None) -> bool:
-    """SIGTERM the process group led by ``pid``, wait ``grace`` s, then SIGKILL; reap it if it is
-    our child. ``gone`` overrides the "has it exited" check. Returns False if it survived SIGKILL."""
+def has_exited(pid: int) -> bool:
+    """True once ``pid`` is gone; reaps it when it is our child (a zombie counts as gone)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    return not process_alive(pid)
 
-    def exited(pid: int) -> bool:
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        return not process_alive(pid)
 
-    has_exited = gone or exited
+def stop_process_group(pid: int, grace: float, gone: Callable[[int], bool] = has_exited) -> bool:
+    """SIGTERM the process group led by ``pid``, wait ``grace`` s, then SIGKILL. ``gone`` is the
+    "has it exited" check (default: :func:`has_exited`). Returns False if it survived SIGKILL."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if has_exited(pid):
+            if gone(pid):
                 return True
             time.sleep(0.1)
     return False

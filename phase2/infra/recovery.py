@@ -14,16 +14,23 @@ is still running, and its infrastructure id is not a local pid. Run it on the wo
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID
 
+import psutil
 from pydantic import BaseModel
 
-from phase2.infra import seaweedfs as services
+from phase2.infra import notifications
+from phase2.infra.processes import process_alive
 from phase2.infra.settings import state_dir
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.states import State
 
 FLOW_NAME = "phase2"
 FAULTS_VARIABLE = "phase2_faults"
+FLOW_RUN_ID_ENV = "PREFECT__FLOW_RUN_ID"
 
 
 class OrphanedRun(BaseModel):
@@ -35,24 +42,23 @@ class OrphanedRun(BaseModel):
     infrastructure_pid: int
 
 
-def process_alive(pid: int, flow_run_id: UUID | str | None = None) -> bool:
+def flow_run_process_alive(pid: int, flow_run_id: UUID | str | None = None) -> bool:
     """A live (not zombie) process; when its environment is readable and names a flow run,
     it must be this one (a reused pid is not our run)."""
-    if not services.process_alive(pid):
+    if not process_alive(pid):
         return False
     if flow_run_id is None:
         return True
     try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:  # another user's process: alive, identity unknown
+        running = psutil.Process(pid).environ().get(FLOW_RUN_ID_ENV)
+    except psutil.AccessDenied:  # another user's process: alive, identity unknown
         return True
-    for entry in environ:
-        if entry.startswith(b"PREFECT__FLOW_RUN_ID="):
-            return entry.split(b"=", 1)[1].decode() == str(flow_run_id)
-    return True
+    except psutil.NoSuchProcess:
+        return False
+    return running is None or running == str(flow_run_id)
 
 
-def find_orphaned_runs(client) -> list[OrphanedRun]:
+def find_orphaned_runs(client: SyncPrefectClient) -> list[OrphanedRun]:
     """Pending/Running/Cancelling runs of the phase2 flow in process pools whose process is gone."""
     from prefect.client.schemas.filters import (
         FlowFilter,
@@ -78,15 +84,15 @@ def find_orphaned_runs(client) -> list[OrphanedRun]:
             pool_types[run.work_pool_name] = client.read_work_pool(run.work_pool_name).type
         if pool_types[run.work_pool_name] != "process":
             continue
-        pid = int(run.infrastructure_pid)
-        if not process_alive(pid, run.id):
+        pid = int(run.infrastructure_pid or "")
+        if not flow_run_process_alive(pid, run.id):
             orphans.append(
                 OrphanedRun(
                     id=run.id,
                     name=run.name,
                     deployment_id=run.deployment_id,
                     work_pool=run.work_pool_name,
-                    state=run.state.type.value,
+                    state=run.state.type.value if run.state else "UNKNOWN",
                     infrastructure_pid=pid,
                 )
             )
@@ -98,14 +104,12 @@ def recover_orphaned_runs(*, dry_run: bool = False, notify: bool = True) -> list
     from prefect.client.orchestration import get_client
     from prefect.states import Crashed
 
-    from phase2.infra import notifications
-
     with get_client(sync_client=True) as client:
         orphans = find_orphaned_runs(client)
         if dry_run:
             return orphans
         for orphan in orphans:
-            state = Crashed(
+            state: State[None] = Crashed(
                 message=f"flow-run process {orphan.infrastructure_pid} is gone (worker died); "
                 "marked crashed by `phase2 recover`"
             )

@@ -13,17 +13,19 @@ import fcntl
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 from pydantic import BaseModel
 
+from phase2.infra.files import atomic_write_text
+from phase2.infra.processes import has_exited, process_alive, stop_process_group
 from phase2.infra.settings import S3Settings, state_dir
 from phase2.registry.storage import ObjectStore, StorageError
 
@@ -54,7 +56,7 @@ class SeaweedPorts(BaseModel):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.bind(("127.0.0.1", 0))
                 sockets.append(sock)
-            return cls(**{name: s.getsockname()[1] for name, s in zip(cls.model_fields, sockets)})
+            return cls(**{name: s.getsockname()[1] for name, s in zip(cls.model_fields, sockets, strict=True)})
         finally:
             for sock in sockets:
                 sock.close()
@@ -76,50 +78,21 @@ class SeaweedPorts(BaseModel):
         ]
 
 
-class _Instance(BaseModel):
+class SeaweedInstance(BaseModel):
+    """The running `weed mini` as recorded in instance.json."""
+
     pid: int
     ports: SeaweedPorts
     data_dir: str
 
 
-def process_alive(pid: int) -> bool:
-    """True for a live, non-zombie process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def stop_process_group(pid: int, grace: float, gone: Callable[[int], bool] | None = None) -> bool:
-    """SIGTERM the process group led by `pid`, wait `grace` s, then SIGKILL; reap it if it is our
-    child. `gone` overrides the "has it exited" check. Returns False if it survived SIGKILL."""
-
-    def exited(pid: int) -> bool:
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        return not process_alive(pid)
-
-    gone = gone or exited
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if gone(pid):
-                return True
-            time.sleep(0.1)
-    return False
-
-
 def _is_our_weed(pid: int, data_dir: Path) -> bool:
     """Guards against pid reuse: the process must be `weed mini` on this data dir."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        cmdline = psutil.Process(pid).cmdline()
+    except (psutil.Error, ValueError):
         return False
-    return process_alive(pid) and f"-dir={data_dir}".encode() in cmdline and b"mini" in cmdline
+    return process_alive(pid) and f"-dir={data_dir}" in cmdline and "mini" in cmdline
 
 
 def _weed_binary() -> str:
@@ -150,7 +123,7 @@ class SeaweedFS:
         self.bucket = bucket
         self.ready_timeout = ready_timeout
         self._requested_ports = ports
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
     # --- credentials ---------------------------------------------------------------------
 
@@ -172,16 +145,17 @@ class SeaweedFS:
 
     # --- instance record -----------------------------------------------------------------
 
-    def _read_instance(self) -> _Instance | None:
+    def running_instance(self) -> SeaweedInstance | None:
+        """The recorded instance if that process is still our `weed mini`, else None."""
         try:
-            instance = _Instance.model_validate_json(self.instance_file.read_text())
+            instance = SeaweedInstance.model_validate_json(self.instance_file.read_text())
         except (OSError, ValueError):
             return None
         return instance if _is_our_weed(instance.pid, self.data_dir) else None
 
     @property
     def ports(self) -> SeaweedPorts:
-        instance = self._read_instance()
+        instance = self.running_instance()
         if instance:
             return instance.ports
         return self._requested_ports or SeaweedPorts()
@@ -210,10 +184,10 @@ class SeaweedFS:
         )
 
     def is_running(self) -> bool:
-        return self._read_instance() is not None
+        return self.running_instance() is not None
 
     @contextlib.contextmanager
-    def _lock(self):
+    def _lock(self) -> Iterator[None]:
         """Serialises start/stop across processes sharing this state dir."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "w") as fh:
@@ -262,10 +236,8 @@ class SeaweedFS:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        record = _Instance(pid=self._process.pid, ports=ports, data_dir=str(self.data_dir))
-        tmp = self.instance_file.with_suffix(".tmp")
-        tmp.write_text(record.model_dump_json())
-        os.replace(tmp, self.instance_file)
+        record = SeaweedInstance(pid=self._process.pid, ports=ports, data_dir=str(self.data_dir))
+        atomic_write_text(self.instance_file, record.model_dump_json())
 
     def _wait_ready(self) -> None:
         """Ready = a sentinel object round-trips (/healthz answers long before GetObject works)."""
@@ -278,7 +250,7 @@ class SeaweedFS:
             # The child we launched is watched directly (a momentarily unreadable instance record
             # must not make us wait() forever on a server that is running); one another process
             # launched is watched through its record.
-            exited = self._process.poll() is not None if self._process is not None else self._read_instance() is None
+            exited = self._process.poll() is not None if self._process is not None else self.running_instance() is None
             if exited:
                 raise RuntimeError(f"SeaweedFS exited during startup; see {self.log_file}:\n{self._log_tail()}")
             try:
@@ -310,7 +282,7 @@ class SeaweedFS:
         """SIGTERM, wait, SIGKILL, reap. Idempotent. (`weed mini` stops its services in ~2 s
         but the process can linger > 15 s, hence the bounded wait.)"""
         with self._lock():
-            instance = self._read_instance()
+            instance = self.running_instance()
             if instance is not None:
                 self._terminate(instance.pid, grace)
             elif self._process is not None:
@@ -326,10 +298,7 @@ class SeaweedFS:
         """True once the process is gone (reaping it when it is our child)."""
         if self._process is not None and self._process.pid == pid:
             return self._process.poll() is not None
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        return not process_alive(pid)
+        return has_exited(pid)
 
 
 def resolve_s3_settings(state: Path | None = None) -> S3Settings:

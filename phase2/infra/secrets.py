@@ -6,6 +6,7 @@ user:password part of a URL. Config keys named like a credential never leave the
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
@@ -47,3 +48,12 @@ def without_secret_keys(config: dict[str, Any]) -> dict[str, Any]:
         else:
             clean[key] = value
     return clean
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks secrets in every record it sees (attach to a logger or handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True

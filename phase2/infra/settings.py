@@ -7,18 +7,20 @@ Call :func:`configure_environment` before importing ultralytics, prefect or wand
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
 
+from phase2.infra.files import atomic_write_json
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REAL_DATASET = PROJECT_ROOT.parent / "shared" / "datasets" / "site-inspection"
 DEFAULT_MODEL_NAME = "site-inspection-detector"
-CLASS_NAMES = ("rock_toe", "slope_drain", "toe_drain", "vegetation")
-MINORITY_CLASS = "toe_drain"
 
 
 def state_dir() -> Path:
@@ -32,14 +34,14 @@ def real_dataset_dir() -> Path:
 
 
 def _find_font() -> Path | None:
-    candidates = [Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
-    try:
-        import matplotlib
+    """A local TTF: the system's DejaVu Sans, else the copy matplotlib ships."""
+    system = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+    if system.is_file():
+        return system
+    import matplotlib  # imported only when needed: it is slow to import
 
-        candidates.append(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
-    except ImportError:  # pragma: no cover - matplotlib is a dependency
-        pass
-    return next((p for p in candidates if p.is_file()), None)
+    bundled = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return bundled if bundled.is_file() else None
 
 
 def configure_environment(state: Path | None = None) -> dict[str, str]:
@@ -85,19 +87,15 @@ def configure_environment(state: Path | None = None) -> dict[str, str]:
     # Offline unless a key is present: wandb prompts on a TTY without a key.
     if not os.environ.get("WANDB_API_KEY"):
         defaults["WANDB_MODE"] = "offline"
-    applied = {}
+    applied: dict[str, str] = {}
     for key, value in defaults.items():
-        if key == "WANDB_MODE" or key not in os.environ:
-            os.environ.setdefault(key, value)
-        applied[key] = os.environ[key]
+        applied[key] = os.environ.setdefault(key, value)
     _write_ultralytics_settings(font_dir, state)
     return applied
 
 
 def _write_ultralytics_settings(config_dir: Path, state: Path) -> None:
     """Ultralytics settings: no sync/telemetry, runs and datasets inside the state dir."""
-    import json
-
     settings_file = config_dir / "settings.json"
     wanted = {
         "sync": False,
@@ -113,7 +111,7 @@ def _write_ultralytics_settings(config_dir: Path, state: Path) -> None:
         "datasets_dir": str(state / "datasets"),
         "weights_dir": str(state / "weights"),
     }
-    current = {}
+    current: dict[str, object] = {}
     if settings_file.exists():
         try:
             current = json.loads(settings_file.read_text())
@@ -121,7 +119,7 @@ def _write_ultralytics_settings(config_dir: Path, state: Path) -> None:
             current = {}
     if any(current.get(k) != v for k, v in wanted.items()):
         current.update(wanted)
-        settings_file.write_text(json.dumps(current, indent=2))
+        atomic_write_json(settings_file, current)
 
 
 class S3Settings(BaseModel):
@@ -148,8 +146,6 @@ class S3Settings(BaseModel):
 @lru_cache(maxsize=1)
 def git_sha() -> str:
     """Code version for lineage; 'unknown' outside a git checkout."""
-    import subprocess
-
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
         sha = out.stdout.strip()

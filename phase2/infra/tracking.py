@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-SECRET_KEY_PATTERN = re.compile(r"(secret|password|token|api_key|access_key|credential)", re.I)
+from phase2.infra.secrets import without_secret_keys
+
 DEFAULT_PROJECT = "site-inspection-phase2"
-
-
-def redact(config: dict[str, Any]) -> dict[str, Any]:
-    """Drop anything that looks like a secret before it reaches W&B config."""
-    clean: dict[str, Any] = {}
-    for key, value in config.items():
-        if SECRET_KEY_PATTERN.search(str(key)):
-            continue
-        clean[key] = redact(value) if isinstance(value, dict) else value
-    return clean
 
 
 def results_row_to_metrics(row: dict[str, Any]) -> dict[str, float]:
@@ -54,7 +44,7 @@ class Tracker:
         name: str | None = None,
         config: dict[str, Any] | None = None,
         group: str | None = None,
-    ):
+    ) -> None:
         import wandb
 
         self._wandb = wandb
@@ -65,7 +55,7 @@ class Tracker:
             name=name or run_id,
             group=group,
             resume="allow",
-            config=redact(config or {}),
+            config=without_secret_keys(config or {}),
             dir=os.environ.get("WANDB_DIR"),
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
             reinit="create_new",
@@ -79,7 +69,7 @@ class Tracker:
 
     @property
     def offline(self) -> bool:
-        return bool(self.run.settings._offline)
+        return self.run.offline
 
     @property
     def run_path(self) -> str:
@@ -92,9 +82,6 @@ class Tracker:
         """The local run directory (offline-run-…/run-…), holding the .wandb file."""
         return Path(self.run.dir).parent
 
-    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        self.run.log(metrics, step=step)
-
     def log_epoch(self, row: dict[str, Any]) -> None:
         """One results.csv row as one history row (x axis: epoch)."""
         self.run.log({"epoch": int(float(row["epoch"])), **results_row_to_metrics(row)})
@@ -103,7 +90,8 @@ class Tracker:
         if not rows:
             return
         columns = list(rows[0])
-        table = self._wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+        data = [[r.get(c) for c in columns] for r in rows]
+        table = self._wandb.Table(columns=list[str | int](columns), data=data)
         self.run.log({key: table})
 
     def log_images(self, images: dict[str, Path]) -> None:
@@ -114,7 +102,7 @@ class Tracker:
 
     def log_model(self, path: Path, name: str, *, aliases: list[str], metadata: dict[str, Any]) -> str:
         """Log weights as a model artifact (works offline); returns 'name:version-or-alias'."""
-        artifact = self._wandb.Artifact(name=name, type="model", metadata=redact(metadata))
+        artifact = self._wandb.Artifact(name=name, type="model", metadata=without_secret_keys(metadata))
         artifact.add_file(str(path))
         self.run.log_artifact(artifact, aliases=aliases)
         return f"{name}:{aliases[0] if aliases else 'latest'}"
@@ -178,6 +166,8 @@ def publish_offline_runs(wandb_dir: Path, *, registry_collection: str, project: 
     api = wandb.Api()
     project = project or os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT)
     entity = os.environ.get("WANDB_ENTITY") or api.default_entity
+    if not entity:
+        raise PublishError("W&B publish needs an entity: set WANDB_ENTITY (the API key has no default entity)")
     published = []
     for run_dir in sorted(Path(wandb_dir).glob("**/offline-run-*")):
         marker = run_dir / ".phase2-published"

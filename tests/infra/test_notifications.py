@@ -1,5 +1,5 @@
 """Webhook notifications against a real local HTTP receiver. The end-to-end failure and
-promotion messages through the real deployment are in tests/test_scheduling.py."""
+promotion messages through the real deployment are in tests/pipeline/test_scheduling.py."""
 
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ def test_messages_are_json_and_never_carry_secrets(webhook_receiver, monkeypatch
     assert "S3 refused key *** at http://***@s3.example/bucket" in message["message"]
     assert message["parameters"] == {"data": "/d/data.yaml", "model_name": "m"}  # shown subset only
     assert message["state"] == "FAILED" and message["text"] == "phase2 run brave-otter failed"
+
+
+def test_credential_variables_are_masked_like_in_wandb(webhook_receiver, monkeypatch):
+    """One secret pattern: a *_CREDENTIAL variable (kept out of W&B) is masked in webhooks too."""
+    monkeypatch.setenv("PHASE2_REGISTRY_CREDENTIAL", "registry-credential-0123")
+    monkeypatch.setenv(notifications.WEBHOOK_ENV, webhook_receiver.url)
+    flow_run_hook(None, _flow_run(), _state("failed", "login with registry-credential-0123 refused"))
+    webhook_receiver.wait_for("failed")
+    raw = webhook_receiver.raw[-1].decode()
+    assert "registry-credential-0123" not in raw and "login with *** refused" in raw
 
 
 def test_completion_notifies_only_a_promotion(webhook_receiver, monkeypatch):

@@ -15,24 +15,25 @@ import uuid
 import pytest
 import yaml
 
-from phase2.infra.recovery import process_alive, recover_orphaned_runs
+from phase2.infra.processes import process_alive
+from phase2.infra.recovery import flow_run_process_alive, recover_orphaned_runs
 from tests.plugins.data import TINY_RECIPE
-from tests.test_scheduling import flow_run_id, trigger, wait_until
+from tests.plugins.flow_runs import flow_run_id, trigger, wait_until
 
 
-def test_process_alive_tells_live_dead_zombie_and_reused_pids():
+def test_flow_run_process_alive_tells_live_dead_zombie_and_reused_pids():
     run_id = str(uuid.uuid4())
     sleeper = subprocess.Popen(["sleep", "30"], env={**os.environ, "PREFECT__FLOW_RUN_ID": run_id})
     try:
-        assert process_alive(sleeper.pid) and process_alive(sleeper.pid, run_id)
-        assert not process_alive(sleeper.pid, uuid.uuid4())  # the pid now belongs to another run
+        assert flow_run_process_alive(sleeper.pid) and flow_run_process_alive(sleeper.pid, run_id)
+        assert not flow_run_process_alive(sleeper.pid, uuid.uuid4())  # the pid now belongs to another run
         sleeper.kill()
         time.sleep(0.5)
-        assert not process_alive(sleeper.pid)  # zombie: dead, not yet reaped
+        assert not flow_run_process_alive(sleeper.pid)  # zombie: dead, not yet reaped
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert not process_alive(sleeper.pid)
+    assert not flow_run_process_alive(sleeper.pid)
 
 
 @pytest.mark.slow
@@ -72,7 +73,7 @@ def test_killed_worker_run_is_recovered_and_resumed(
     wait_until(lambda: epochs_done() >= 1 and (train_dir / "weights" / "last.pt").exists(), 600, "epoch 1")
     with get_client(sync_client=True) as client:
         flow_pid = int(client.read_flow_run(first_id).infrastructure_pid)
-        os.killpg(local_stack.worker.record()["pid"], signal.SIGKILL)
+        os.killpg(local_stack.worker.record().pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):  # in the worker's group, or not
             os.kill(flow_pid, signal.SIGKILL)  # training dies with it (PDEATHSIG)
         wait_until(lambda: not process_alive(flow_pid), 30, "flow-run process gone")

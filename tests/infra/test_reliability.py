@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import subprocess
@@ -19,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from phase2.dataset.validation import validate_dataset
+from phase2.infra.prefect_stack import PrefectServer, free_port
 from phase2.infra.settings import PROJECT_ROOT
 from phase2.training.fine_tune import COMPLETE_MARKER, TrainingFailed, checkpoint_is_complete, fine_tune, read_results
-from tests.test_dataset_catalogue import edit_yaml, make_dataset, noise_jpeg, yaml_line
-from tests.test_security import flow_env, start_flow, tiny_recipe_file
+from tests.dataset.builders import edit_yaml, make_dataset, noise_jpeg, yaml_line
+from tests.plugins.flow_runs import flow_env, start_flow, tiny_recipe_file
 
 PHASE2 = str(Path(sys.executable).with_name("phase2"))
 WRONG_SECRET = "wrong-canary-secret-Kd82jsLq0"
@@ -62,8 +64,6 @@ def test_bad_storage_settings_give_one_line_cli_error(seaweedfs, setting, reliab
     elif setting == "wrong-key-id":
         env["AWS_ACCESS_KEY_ID"] = "PHASE2WRONGKEYID"
     else:
-        from phase2.infra.prefect_stack import free_port
-
         env["PHASE2_S3_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = run_cli(["models", "list"], env)
@@ -137,7 +137,8 @@ def test_data_yaml_paths_escaping_the_root_are_errors(tmp_path, make_escape, rel
 _TRACKER_SCRIPT = (
     "from phase2.infra.settings import configure_environment; configure_environment()\n"
     "from phase2.infra.tracking import Tracker, offline_history\n"
-    "t = Tracker('unwritable-' + __import__('uuid').uuid4().hex[:6]); t.log_epoch({'epoch': 1, 'metrics/mAP50(B)': 0.5})\n"
+    "t = Tracker('unwritable-' + __import__('uuid').uuid4().hex[:6])\n"
+    "t.log_epoch({'epoch': 1, 'metrics/mAP50(B)': 0.5})\n"
     "t.finish(); print('RUN_PATH', t.run_path); print('HISTORY', len(offline_history(t.run_dir)))\n"
 )
 
@@ -226,21 +227,23 @@ def test_full_disk_during_validation_outputs_publishes_nothing_torn(tmp_path, re
 def test_full_disk_during_training_fails_clearly_then_completes_with_space(
     small_real_dataset, tmp_path, object_store, reliability_log
 ):
-    from tests.test_fine_tune import TRAIN_ARGS
+    from tests.training.test_fine_tune import TRAIN_ARGS
 
     prefix = f"runs/enospc-{uuid.uuid4().hex[:6]}/train"
     with tmpfs(tmp_path / "state-small", "8m") as small:
         save_dir = small / "train"
+        train = functools.partial(
+            fine_tune,
+            weights="yolo11n.yaml",
+            data_yaml=small_real_dataset,
+            train_args=TRAIN_ARGS,
+            save_dir=save_dir,
+            store=object_store,
+            run_prefix=prefix,
+            poll_s=0.2,
+        )
         with pytest.raises((TrainingFailed, OSError)) as err:
-            fine_tune(
-                weights="yolo11n.yaml",
-                data_yaml=small_real_dataset,
-                train_args=TRAIN_ARGS,
-                save_dir=save_dir,
-                store=object_store,
-                run_prefix=prefix,
-                poll_s=0.2,
-            )
+            train()
         message = str(err.value)
         assert "no space left" in message.lower().split("\n")[0], message[-3000:]
         assert not (save_dir / COMPLETE_MARKER).exists()
@@ -254,15 +257,7 @@ def test_full_disk_during_training_fails_clearly_then_completes_with_space(
                 assert checkpoint_is_complete(probe), f"torn checkpoint published at {key}"
 
         subprocess.run(["mount", "-o", "remount,size=512m", str(small)], check=True)
-        result = fine_tune(
-            weights="yolo11n.yaml",
-            data_yaml=small_real_dataset,
-            train_args=TRAIN_ARGS,
-            save_dir=save_dir,
-            store=object_store,
-            run_prefix=prefix,
-            poll_s=0.2,
-        )
+        result = train()
         assert (save_dir / COMPLETE_MARKER).exists() and object_store.exists(f"{prefix}/{COMPLETE_MARKER}")
         assert (
             result.epochs_completed == TRAIN_ARGS["epochs"]
@@ -284,8 +279,6 @@ def test_full_disk_during_training_fails_clearly_then_completes_with_space(
 def test_prefect_server_restart_mid_training_then_rerun_skips_finished_training(
     small_real_dataset, tmp_path, seaweedfs, reliability_log
 ):
-    from tests.test_security import PrefectServer, free_port
-
     server = PrefectServer(tmp_path / "prefect-server", port=free_port(), ui=False).start()
     state = tmp_path / "flow-state"
     s3_env = {**seaweedfs.env(), "PHASE2_S3_BUCKET": f"t-{uuid.uuid4().hex[:12]}"}

@@ -7,25 +7,17 @@ more fake secrets in the environment, then reads back everything the run produce
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import yaml
 
 from phase2.infra.prefect_stack import PrefectServer, free_port
 from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
-from phase2.infra.settings import PROJECT_ROOT
 from phase2.registry.registry import Registry
 from phase2.registry.storage import IntegrityError, ObjectStore
 from phase2.training.fine_tune import TrainingFailed, fine_tune
-from tests.plugins.data import TINY_RECIPE
+from tests.plugins.flow_runs import flow_env, prefect_client, start_flow, tiny_recipe_file
 from tests.plugins.webhook import WebhookReceiver
 
 # Recognisable fake secrets: any occurrence anywhere is a leak.
@@ -33,57 +25,9 @@ FAKE_S3 = {"AWS_ACCESS_KEY_ID": "PHASE2CANARYKEYID7Q3", "AWS_SECRET_ACCESS_KEY":
 FAKE_OTHER = {
     "AWS_SESSION_TOKEN": "canary-session-token-Hj4kL8pQ2w",
     "PHASE2_EXTRA_API_TOKEN": "canary-api-token-Rt6yU1iO",
+    "PHASE2_REGISTRY_CREDENTIAL": "canary-credential-Ws5eD9fG",
 }
 WEBHOOK_TOKEN = "canary-webhook-token-Bn3mV7cX"
-# Variables a flow process must not inherit from the test session (it gets its own state dir).
-_SESSION_PREFIXES = ("WANDB_", "YOLO_", "PREFECT_", "PHASE2_", "AWS_")
-
-
-@dataclass
-class FlowProcess:
-    """A phase2 flow run in its own process (own state dir) against one Prefect server."""
-
-    proc: subprocess.Popen
-    state: Path
-    output: Path
-
-    def wait(self, timeout: float) -> tuple[int, str]:
-        code = self.proc.wait(timeout=timeout)
-        return code, self.output.read_text(errors="replace")
-
-
-def flow_env(state: Path, api_url: str, s3_env: dict[str, str], **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SESSION_PREFIXES)}
-    return {**env, "PHASE2_STATE_DIR": str(state), "PREFECT_API_URL": api_url, **s3_env, **extra}
-
-
-def start_flow(state: Path, env: dict[str, str], **parameters) -> FlowProcess:
-    """`phase2(**parameters)` in a child process; stdout+stderr go to <state>/../flow-<n>.out."""
-    state.mkdir(parents=True, exist_ok=True)
-    output = state.parent / f"flow-{uuid.uuid4().hex[:6]}.out"
-    script = (
-        "from phase2.infra.settings import configure_environment; configure_environment()\n"
-        "import json, sys\nfrom flows.train import phase2\n"
-        f"result = phase2(**json.loads({json.dumps(json.dumps(parameters))}))\n"
-        "print('FLOW RESULT', json.dumps(result, default=str))\n"
-    )
-    with output.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    return FlowProcess(proc, state, output)
-
-
-def tiny_recipe_file(folder: Path, **train) -> Path:
-    recipe = {**TINY_RECIPE, "train": {**TINY_RECIPE["train"], **train}}
-    path = folder / "tiny-recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
 
 
 @pytest.fixture
@@ -93,24 +37,6 @@ def prefect_server(tmp_path) -> Iterator[PrefectServer]:
         yield server
     finally:
         server.stop()
-
-
-def prefect_client(api_url: str):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    class _Client:
-        def __enter__(self):
-            self._settings = temporary_settings({PREFECT_API_URL: api_url})
-            self._settings.__enter__()
-            self._client = get_client(sync_client=True)
-            return self._client.__enter__()
-
-        def __exit__(self, *exc):
-            self._client.__exit__(*exc)
-            self._settings.__exit__(*exc)
-
-    return _Client()
 
 
 def occurrences(blob: bytes, secrets: list[str]) -> dict[str, int]:

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from phase2.infra.prefect_stack import LocalStack, free_port
+from phase2.infra.prefect_stack import LocalStack, PrefectWorker, ProcessRecord, free_port
+from phase2.infra.processes import process_alive, process_created_at
 from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
 
 
 def _pids(stack: LocalStack) -> dict[str, int | None]:
-    return {
-        "server": (stack.server.record() or {}).get("pid"),
-        "worker": (stack.worker.record() or {}).get("pid"),
-        "s3": stack.s3._read_instance().pid if stack.s3.is_running() else None,
-    }
+    records = {"server": stack.server.record(), "worker": stack.worker.record(), "s3": stack.s3.running_instance()}
+    return {name: record.pid if record else None for name, record in records.items()}
 
 
 def test_up_and_down_are_idempotent(tmp_path):
@@ -42,8 +41,7 @@ def test_up_and_down_are_idempotent(tmp_path):
         stack.down()
         stack.down()  # idempotent
     assert not any(_pids(stack).values())
-    for pid in first.values():
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    assert not any(process_alive(pid) for pid in first.values() if pid)
 
 
 def test_cli_help_lists_every_command():
@@ -56,3 +54,15 @@ def test_cli_help_lists_every_command():
     ).stdout
     for command in ("validate", "rebalance", "history", "lint", "models", "up", "down", "status", "deploy", "run"):
         assert command in out
+
+
+def test_a_record_whose_pid_was_reused_is_not_running(tmp_path):
+    """The record names a live pid, but one started at another time: not the process we started."""
+    worker = PrefectWorker(tmp_path, pool="reuse")
+    started = process_created_at(os.getpid())
+    assert started is not None
+    for created_at, ours in ((started - 100, False), (started, True)):
+        worker.record_file.write_text(
+            ProcessRecord(pid=os.getpid(), created_at=created_at, command=["x"]).model_dump_json()
+        )
+        assert worker.is_running() is ours

@@ -4,9 +4,7 @@ on a small copy of the real dataset."""
 
 from __future__ import annotations
 
-import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,36 +16,29 @@ from phase2.infra.tracking import offline_history
 from phase2.registry.registry import Registry
 from phase2.registry.storage import ObjectStore
 from tests.plugins.data import TINY_RECIPE
+from tests.plugins.flow_runs import flow_run_id, trigger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-
-
-def deployment_run(env: dict[str, str], params: dict[str, str], timeout: int = 800) -> tuple[int, str, str]:
-    command = [str(Path(sys.executable).with_name("prefect")), "deployment", "run", "phase2/train"]
-    for key, value in params.items():
-        command += ["--param", f"{key}={value}"]
-    command += ["--watch", "--watch-interval", "1", "--watch-timeout", str(timeout)]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout + 60)
-    output = proc.stdout + proc.stderr
-    match = re.search(r"UUID:\s*([0-9a-f-]{36})", output)
-    return proc.returncode, match.group(1) if match else "", output
 
 
 def test_deployment_run_end_to_end(local_stack, small_real_dataset, tmp_path):
     recipe_file = tmp_path / "e2e-tiny.yaml"
     recipe_file.write_text(yaml.safe_dump(TINY_RECIPE))
     env = local_stack.env()
-    code, flow_run_id, output = deployment_run(
-        env, {"data": str(small_real_dataset), "baseline": "yolo11n.yaml", "recipe_name": str(recipe_file)}
+    params = {"data": str(small_real_dataset), "baseline": "yolo11n.yaml", "recipe_name": str(recipe_file)}
+    proc = subprocess.run(
+        trigger("train", params, watch_timeout=800), env=env, capture_output=True, text=True, timeout=860
     )
-    assert code == 0, output[-4000:]
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    run_id = flow_run_id(output)
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(flow_run_id)
-        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        flow_run = client.read_flow_run(run_id)
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
     assert flow_run.state.is_completed()
     names = {t.name.rsplit("-", 1)[0] for t in task_runs}
     assert {
@@ -60,7 +51,7 @@ def test_deployment_run_end_to_end(local_stack, small_real_dataset, tmp_path):
     } <= names
     assert all(t.state.is_completed() for t in task_runs), [(t.name, t.state.type) for t in task_runs]
 
-    summary = yaml.safe_load((local_stack.state / "pipeline" / "flow-runs" / f"{flow_run_id}.json").read_text())
+    summary = yaml.safe_load((local_stack.state / "pipeline" / "flow-runs" / f"{run_id}.json").read_text())
     run_prefix = summary["run_uri"].split("/", 3)[3]  # runs/<key>/train
     work = local_stack.state / "pipeline" / run_prefix.split("/")[1]
     train_dir = work / "train"

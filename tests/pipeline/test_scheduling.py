@@ -4,47 +4,18 @@ and the scheduled retraining that finishes early when the data is unchanged."""
 
 from __future__ import annotations
 
-import re
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
 
 from phase2.infra.recovery import FAULTS_VARIABLE
 from tests.plugins.data import TINY_RECIPE
+from tests.plugins.flow_runs import flow_run_id, trigger, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-def trigger(deployment: str, params: dict[str, str], watch_timeout: int | None = 600) -> list[str]:
-    """`prefect deployment run` command; it waits for the end unless watch_timeout is None."""
-    command = [PREFECT, "deployment", "run", f"phase2/{deployment}"]
-    for key, value in params.items():
-        command += ["--param", f"{key}={value}"]
-    if watch_timeout is None:
-        return command
-    return command + ["--watch", "--watch-interval", "1", "--watch-timeout", str(watch_timeout)]
-
-
-def flow_run_id(output: str) -> str:
-    match = re.search(r"UUID:\s*([0-9a-f-]{36})", output)
-    assert match, output[-3000:]
-    return match.group(1)
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_retry_concurrency_and_notifications(local_stack, small_real_dataset, tmp_path, webhook_secret_block):

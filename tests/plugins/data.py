@@ -64,15 +64,11 @@ def copy_subset(src: Path, dst: Path, per_split: dict[str, int], prefer_class: i
 
     meta = yaml.safe_load((src / "data.yaml").read_text())
     for split, n in per_split.items():
-        images = sorted((src / split / "images").iterdir())
-
-        def has_class(img: Path) -> bool:
-            label = src / split / "labels" / (img.stem + ".txt")
-            if prefer_class is None or not label.exists():
-                return False
-            return any(line.split()[:1] == [str(prefer_class)] for line in label.read_text().splitlines())
-
-        images.sort(key=lambda p: (not has_class(p), p.name))
+        labels = src / split / "labels"
+        images = sorted(
+            (src / split / "images").iterdir(),
+            key=lambda img: (not _has_class(labels / (img.stem + ".txt"), prefer_class), img.name),
+        )
         (dst / split / "images").mkdir(parents=True, exist_ok=True)
         (dst / split / "labels").mkdir(parents=True, exist_ok=True)
         for img in images[:n]:
@@ -89,6 +85,12 @@ def copy_subset(src: Path, dst: Path, per_split: dict[str, int], prefer_class: i
     }
     (dst / "data.yaml").write_text(yaml.safe_dump(out, sort_keys=False))
     return dst / "data.yaml"
+
+
+def _has_class(label: Path, class_id: int | None) -> bool:
+    if class_id is None or not label.exists():
+        return False
+    return any(line.split()[:1] == [str(class_id)] for line in label.read_text().splitlines())
 
 
 @pytest.fixture(scope="session")
