@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PHASE2_STATE_DIR ?= $(CURDIR)/.phase2
 
-.PHONY: venv run test test-all reliability up down status deploy lint clean
+.PHONY: venv run test test-all reliability up down status deploy lint lint-recipe format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,9 +30,9 @@ test-all: venv
 ## faults, bad inputs, secrets, load (slow tests included); writes docs/reliability.md
 reliability: venv
 	PHASE2_WRITE_RELIABILITY_TABLE=1 $(BIN)/python -m pytest -m "slow or not slow" \
-	  tests/test_reliability.py tests/test_security.py tests/test_load.py tests/test_dataset_catalogue.py \
-	  tests/test_recipe.py tests/test_registry.py tests/test_storage.py tests/test_fine_tune.py \
-	  tests/test_recovery.py $(PYTEST_ARGS)
+	  tests/infra/test_reliability.py tests/infra/test_security.py tests/registry/test_load.py \
+	  tests/dataset/test_catalogue.py tests/training/test_recipe.py tests/registry/test_registry.py \
+	  tests/registry/test_storage.py tests/training/test_fine_tune.py tests/infra/test_recovery.py $(PYTEST_ARGS)
 
 up: venv
 	$(BIN)/phase2 up
@@ -46,7 +46,19 @@ status: venv
 deploy: venv
 	$(BIN)/phase2 deploy
 
+## ruff (lint + format check) and mypy over the code; zero findings or it fails (CI runs it first)
 lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## apply ruff's formatting and safe fixes
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## recipe settings that silently do something else: make lint-recipe RECIPE=phase2-native
+lint-recipe: venv
 	$(BIN)/phase2 lint $(or $(RECIPE),phase2-seed)
 
 clean: down

@@ -1,7 +1,8 @@
-"""The Phase 2 pipeline: validate → rebalance → fine-tune → select → register → promote.
+"""The Phase 2 pipeline: validate → rebalance → fine-tune → select → register → promote → report.
 
 Only orchestration lives here: parameters, task order, and the small values (paths, URIs,
-ids) passed between tasks. Each stage's work is in tasks/.
+ids) passed between tasks. Each task is in tasks/ (one module per stage); the work it calls is
+in the phase2 package.
 """
 
 from __future__ import annotations
@@ -14,10 +15,18 @@ from pydantic import Field
 from phase2.infra import notifications
 from phase2.infra.settings import DEFAULT_MODEL_NAME
 from phase2.training.recipe import Recipe
-from tasks import steps
+from tasks.fine_tune import train
+from tasks.finish import finish_run
+from tasks.plan import plan_run
+from tasks.promote import promote
+from tasks.rebalance import rebalance
+from tasks.register import register
+from tasks.report import build_report
+from tasks.selection import select
+from tasks.validate import validate
 
 
-# Webhook messages on failure, crash and promotion (tasks/notifications.py; URL from config).
+# Webhook messages on failure, crash and promotion (phase2/infra/notifications.py; URL from config).
 @flow(
     name="phase2",
     log_prints=True,
@@ -48,27 +57,19 @@ def phase2(
         bool, Field(description="Finish early when the production model was trained on this exact dataset.")
     ] = False,
 ) -> dict[str, Any]:
-    ctx = steps.plan_run(
-        data,
-        baseline,
-        recipe_name,
-        recipe,
-        model_name,
-        run_name,
-        skip_if_unchanged,
-        str(runtime.flow_run.id) if runtime.flow_run.id else None,
-    )
+    flow_run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None
+    ctx = plan_run(data, baseline, recipe_name, recipe, model_name, run_name, skip_if_unchanged, flow_run_id)
     if ctx.skip_reason:
         print(ctx.skip_reason)
         return {"status": "skipped", "reason": ctx.skip_reason}
-    validation = steps.validate_dataset(data, ctx)
-    dataset = steps.rebalance_validation(data, validation, ctx)
-    trained = steps.fine_tune(dataset, validation, ctx)
-    selection = steps.select_checkpoint(trained, dataset, validation, ctx)
-    registered = steps.register_model(selection, trained, dataset, ctx)
-    decision = steps.promote_model(registered, selection, dataset, validation, ctx)
-    review = steps.build_report(registered, selection, decision, dataset, ctx)
-    return steps.finish_run(
+    validation = validate(data, ctx)
+    dataset = rebalance(data, validation, ctx)
+    trained = train(dataset, validation, ctx)
+    selection = select(trained, dataset, validation, ctx)
+    registered = register(selection, trained, dataset, ctx)
+    decision = promote(registered, selection, dataset, ctx)
+    review = build_report(registered, selection, decision, dataset, ctx)
+    return finish_run(
         ctx,
         {
             "status": "completed",

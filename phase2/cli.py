@@ -7,7 +7,7 @@ and the offline environment is configured first.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -23,7 +23,7 @@ def _setup() -> None:
     configure_environment()
 
 
-# --- dataset validation (tasks/dataset_validation.py) ---
+# --- dataset validation (phase2/dataset/) ---
 
 
 @app.command("validate")
@@ -35,13 +35,27 @@ def validate(
     out: Annotated[
         Path | None, typer.Option(help="Also write report.json, files.csv, summary.md, class_counts.png here.")
     ] = None,
+    recipe: Annotated[
+        str, typer.Option(help="Recipe whose class names and minority class the dataset is checked against.")
+    ] = "phase2-seed",
 ) -> None:
     """Validate a YOLO dataset (read-only); exit 1 when it has errors."""
     from phase2.dataset.validation import validate_dataset
     from phase2.infra.settings import state_dir
+    from phase2.training.recipe import RecipeError, load_recipe
 
+    try:
+        settings = load_recipe(recipe)
+    except RecipeError as error:
+        _fail(error)
     report = validate_dataset(
-        data_yaml, imgsz=imgsz, phash_threshold=phash_threshold, cache_dir=state_dir() / "validation-cache"
+        data_yaml,
+        imgsz=imgsz,
+        phash_threshold=phash_threshold,
+        expected_names=settings.classes,
+        minority_class=settings.minority_class,
+        minority_val_target=settings.rebalance.targets.get(settings.minority_class, 18),
+        cache_dir=state_dir() / "validation-cache",
     )
     if out is not None:
         report.write(out)
@@ -49,7 +63,7 @@ def validate(
     raise typer.Exit(1 if report.errors() else 0)
 
 
-# --- rebalancing (tasks/rebalance.py) ---
+# --- rebalancing (phase2/dataset/rebalance.py) ---
 
 
 @app.command("rebalance")
@@ -63,8 +77,8 @@ def rebalance(
     move_test: Annotated[bool, typer.Option(help="Also take groups from test to reach the targets.")] = False,
 ) -> None:
     """Repair cross-split duplicate leaks, then raise val class instances to targets (whole groups only)."""
+    from phase2.dataset.layout import DatasetConfigError
     from phase2.dataset.rebalance import DatasetError, RebalanceImpossible, parse_targets, rebalance_validation
-    from phase2.dataset.validation import DatasetConfigError
 
     try:
         result = rebalance_validation(
@@ -78,13 +92,13 @@ def rebalance(
         )
     except (RebalanceImpossible, DatasetError, DatasetConfigError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from error
     typer.echo(f"version {result.version_id} (source {result.source_version_id}): {result.data_yaml}")
     typer.echo(f"repaired leaks: {len(result.repaired_leaks)}, moved groups: {len(result.moved_groups)}")
     typer.echo(result.balance_csv.read_text())
 
 
-# --- training history and selection (tasks/selection.py) ---
+# --- training history and selection (phase2/training/history.py) ---
 
 
 @app.command("history")
@@ -95,17 +109,17 @@ def history(
     epochs: Annotated[int | None, typer.Option(help="Planned epochs (default: args.yaml).")] = None,
 ) -> None:
     """Summarize a training history: best/worst/mean/last per metric and why training stopped."""
-    from phase2.evaluation.selection import summarize_history
+    from phase2.training.history import summarize_history
 
     try:
         summary = summarize_history(results_csv, patience=patience, epochs=epochs)
     except (FileNotFoundError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from error
     typer.echo(summary.model_dump_json(indent=2) if as_json else summary.to_markdown())
 
 
-# --- model registry (tasks/registry.py) ---
+# --- model registry (phase2/registry/) ---
 
 
 def _registry(ref: str = ""):
@@ -120,7 +134,7 @@ def _registry(ref: str = ""):
     return (Registry(store, name), rest) if sep else (Registry(store, DEFAULT_MODEL_NAME), ref)
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception) -> NoReturn:
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(1)
 
@@ -183,7 +197,7 @@ def models_show(
             {
                 **version.model_dump(),
                 "aliases": aliases,
-                "uri": registry.store.uri(f"{registry.prefix}versions/v{version.version}/"),
+                "uri": registry.version_uri(version.version),
             },
             indent=2,
         )
@@ -224,7 +238,7 @@ def models_promote(
     typer.echo(f"{registry.name}: {alias} {was} -> v{version.version}")
 
 
-# --- services, deploy, run (tasks/services.py, tasks/prefect_stack.py) ---
+# --- services, deploy, run (phase2/infra/seaweedfs.py, phase2/infra/prefect_stack.py) ---
 
 
 def _stack(ui: bool = True):
@@ -342,7 +356,7 @@ def run(
         raise typer.Exit(1)
 
 
-# --- worker-death recovery (tasks/recovery.py) ---
+# --- worker-death recovery (phase2/infra/recovery.py) ---
 
 
 @app.command("recover")
@@ -360,7 +374,7 @@ def recover(dry_run: Annotated[bool, typer.Option(help="Only list the orphaned r
         typer.echo("no orphaned runs")
 
 
-# --- review report (tasks/report.py) ---
+# --- review report (phase2/report/) ---
 
 
 @app.command("report")
@@ -376,7 +390,8 @@ def report_command(
 
     from phase2.infra.seaweedfs import resolve_s3_settings
     from phase2.registry.storage import ObjectStore
-    from phase2.report.report import ReportError, report_for_run
+    from phase2.report.inputs import ReportError
+    from phase2.report.past_runs import report_for_run
 
     try:
         html = report_for_run(run, rebuild=rebuild, store=ObjectStore(resolve_s3_settings()))
@@ -391,7 +406,7 @@ def report_command(
         webbrowser.open(html.resolve().as_uri())
 
 
-# --- W&B (tasks/tracking.py) ---
+# --- W&B (phase2/infra/tracking.py) ---
 wandb_app = typer.Typer(help="Weights & Biases: publish offline runs once online.", no_args_is_help=True)
 app.add_typer(wandb_app, name="wandb")
 

@@ -14,37 +14,27 @@ import sys
 import time
 from pathlib import Path
 
+from phase2.infra.files import atomic_write_bytes
 from phase2.infra.settings import configure_environment, state_dir
+from phase2.runs import flow_run_summary_path
 
 
 def prepare_demo(root: Path | None = None) -> tuple[Path, Path]:
     """(data.yaml, baseline best.pt) of the demo; both cached in the state dir once made."""
     configure_environment()
-    from phase2.dataset.synthetic import DEMO_SETTINGS, generate_synthetic_dataset, train_baseline
+    from phase2.dataset.synthetic import generate_demo_dataset, train_baseline
 
     root = root or state_dir() / "demo"
     data_yaml = root / "data" / "data.yaml"
     if not data_yaml.is_file():
-        settings = DEMO_SETTINGS
         print(f"generating synthetic demo data in {data_yaml.parent}", flush=True)
-        generate_synthetic_dataset(
-            data_yaml.parent,
-            seed=settings.seed,
-            n_train=settings.n_train,
-            n_val=settings.n_val,
-            n_test=settings.n_test,
-            imgsz=settings.imgsz,
-            toe_drain_train_fraction=settings.toe_drain_train_fraction,
-        )
+        generate_demo_dataset(data_yaml.parent)
     baseline = root / "baseline" / "baseline.pt"
     if not baseline.is_file():
         print("training the from-scratch phase-1 baseline (yolo11n) on it", flush=True)
         started = time.monotonic()
         best = train_baseline(data_yaml, root / "runs")
-        baseline.parent.mkdir(parents=True, exist_ok=True)
-        tmp = baseline.with_suffix(".tmp")
-        tmp.write_bytes(best.read_bytes())
-        tmp.replace(baseline)
+        atomic_write_bytes(baseline, best.read_bytes())
         print(f"baseline ready in {time.monotonic() - started:.0f} s: {baseline}", flush=True)
     return data_yaml, baseline
 
@@ -84,7 +74,7 @@ def trigger_training(
         "state": "COMPLETED" if proc.returncode == 0 else "FAILED",
         "flow_run_id": flow_run_id,
     }
-    result_file = Path(env["PHASE2_STATE_DIR"]) / "pipeline" / "flow-runs" / f"{flow_run_id}.json"
+    result_file = flow_run_summary_path(str(flow_run_id), Path(env["PHASE2_STATE_DIR"]))
     if result_file.is_file():
         summary.update(json.loads(result_file.read_text()))
     summary["prefect_ui"] = env.get("PREFECT_API_URL", "").removesuffix("/api") + f"/runs/flow-run/{flow_run_id}"

@@ -11,17 +11,21 @@ else builds these paths by string.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from phase2.infra.files import sha256_bytes
 from phase2.infra.settings import state_dir
+from phase2.training.recipe import Recipe
 
 Stage = Literal["validation", "dataset", "train", "selection", "production", "production-eval", "report"]
 PIPELINE_DIR = "pipeline"
 FLOW_RUNS_DIR = "flow-runs"
 S3_RUNS_PREFIX = "runs"
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a run key or flow run id, never a path
 
 
 class RunNotFound(LookupError):
@@ -81,15 +85,47 @@ def flow_run_summary_path(flow_run_id: str, state: Path | None = None) -> Path:
 
 def resolve_run(run: str, state: Path | None = None) -> RunLayout:
     """The run named by ``run``: a run key (a folder under ``<state>/pipeline``) or the id of the
-    Prefect flow run that made it."""
+    Prefect flow run that made it. Only plain names are looked up (never a path)."""
     pipeline = Path(state or state_dir()).resolve() / PIPELINE_DIR
-    summary_file = flow_run_summary_path(run, state)
-    if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
-        return RunLayout.for_run(str(summary["run_key"]), state)
-    if run != FLOW_RUNS_DIR and "/" not in run and run not in ("", ".", "..") and (pipeline / run).is_dir():
-        return RunLayout.for_run(run, state)
+    if _RUN_NAME.fullmatch(run):
+        summary_file = flow_run_summary_path(run, state)
+        if summary_file.is_file():
+            summary = json.loads(summary_file.read_text())
+            # Summaries written before "run_key" was recorded name the run by its S3 prefix only.
+            run_key = str(summary.get("run_key") or str(summary["s3_prefix"]).rstrip("/").rsplit("/", 1)[-1])
+            if _RUN_NAME.fullmatch(run_key):
+                return RunLayout.for_run(run_key, state)
+        if run != FLOW_RUNS_DIR and (pipeline / run).is_dir():
+            return RunLayout.for_run(run, state)
     raise RunNotFound(
         f"{run!r}: neither a run key in {pipeline} nor a flow run id with a summary in "
         f"{pipeline / FLOW_RUNS_DIR}; pass the run key printed by `phase2 run` or the flow run id"
     )
+
+
+class RunContext(BaseModel):
+    """What every task of one pipeline run needs to know (small: passed between tasks)."""
+
+    layout: RunLayout
+    model_name: str
+    source_dataset_version: str
+    recipe: Recipe
+    baseline: str
+    flow_run_id: str | None = None
+    skip_reason: str | None = None
+
+    @property
+    def run_key(self) -> str:
+        return self.layout.run_key
+
+
+def derive_run_key(*, data_yaml: Path, source_version: str, baseline: str, recipe: Recipe, model_name: str) -> str:
+    """The same inputs give the same key, so a re-run of a crashed run resumes it."""
+    identity: dict[str, Any] = {
+        "data": str(data_yaml),
+        "dataset": source_version,
+        "baseline": baseline,
+        "recipe": recipe.model_dump(mode="json"),
+        "model": model_name,
+    }
+    return sha256_bytes(json.dumps(identity, sort_keys=True).encode())[:12]

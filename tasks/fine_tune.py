@@ -1,0 +1,53 @@
+"""Stage 3: fine-tune from the baseline (W&B streaming, S3 checkpoints, crash resume)."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from phase2.infra.publishing import Markdown, Publication, logger, object_store, publish, tracker
+from phase2.infra.settings import state_dir
+from phase2.registry.registry import Registry
+from phase2.runs import RunContext
+from phase2.training.fine_tune import FineTuneResult, fine_tune, start_weights
+from phase2.training.recipe import lint_recipe, resolve_imgsz
+from tasks import RETRIES, RETRY_DELAY_S
+from tasks.rebalance import DatasetVersion
+from tasks.validate import ValidationOutput
+
+
+@task(name="fine_tune", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
+def train(dataset: DatasetVersion, validation: ValidationOutput, ctx: RunContext) -> FineTuneResult:
+    recipe = ctx.recipe
+    for warning in lint_recipe(recipe, native_imgsz=validation.native_side):
+        logger().warning("recipe %s: %s", warning.field, warning.message)
+    store = object_store()
+    weights = start_weights(recipe, ctx.baseline, Registry(store, ctx.model_name), cache_dir=state_dir() / "weights")
+    result = fine_tune(
+        weights=weights,
+        data_yaml=dataset.data_yaml,
+        train_args=recipe.train.ultralytics_kwargs(resolve_imgsz(recipe, validation.recommended_imgsz)),
+        save_dir=ctx.layout.stage_dir("train"),
+        store=store,
+        run_prefix=ctx.layout.stage_prefix("train"),
+        tracker=tracker(ctx),
+        logger=logger(),
+    )
+    publish(
+        ctx,
+        Publication(
+            stage="train",
+            markdown=Markdown(
+                key="training",
+                description="Fine-tuning summary",
+                text=result.to_markdown(),
+            ),
+            summary={
+                "train/best_epoch": result.best_epoch,
+                "train/stop_reason": result.stop_reason,
+                "train/wall_time_s": result.wall_time_s,
+                "train/s_per_epoch": result.s_per_epoch,
+                "train/peak_rss_mb": result.peak_rss_mb,
+            },
+        ),
+    )
+    return result

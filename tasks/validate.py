@@ -1,0 +1,80 @@
+"""Stage 1: validate the dataset (read-only) and stop the run on errors the recipe does not allow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from pydantic import BaseModel
+
+from phase2.dataset.validation import ensure_valid, validate_dataset
+from phase2.infra.publishing import Markdown, Publication, Table, publish
+from phase2.infra.settings import configure_environment, state_dir
+from phase2.runs import RunContext
+from tasks import RETRIES, RETRY_DELAY_S
+
+
+class ValidationOutput(BaseModel):
+    report_json: Path
+    summary_md: Path
+    recommended_imgsz: int | None
+    native_side: int | None
+    errors: int
+    warnings: int
+    duplicate_groups: list[list[Path]]
+    s3_uri: str | None
+
+
+@task(name="validate_dataset", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
+def validate(data: str, ctx: RunContext) -> ValidationOutput:
+    configure_environment()
+    recipe = ctx.recipe
+    report = validate_dataset(
+        Path(data),
+        imgsz=recipe.train.imgsz if isinstance(recipe.train.imgsz, int) else 640,
+        phash_threshold=recipe.validation.phash_threshold,
+        expected_names=recipe.classes,
+        minority_class=recipe.minority_class,
+        minority_val_target=recipe.rebalance.targets.get(recipe.minority_class, 18),
+        cache_dir=state_dir() / "validation-cache",
+    )
+    paths = report.write(ctx.layout.stage_dir("validation"))
+    uris = publish(
+        ctx,
+        Publication(
+            stage="validation",
+            files=paths,
+            markdown=Markdown(
+                key="dataset-validation",
+                text=paths["summary.md"].read_text(),
+                description="Dataset validation findings and statistics",
+            ),
+            tables=[
+                Table(
+                    key="class-counts",
+                    rows=[c.model_dump(mode="json") for c in report.classes],
+                    description="Instances per class and split",
+                )
+            ],
+            images={"validation/class_counts": paths["class_counts.png"]},
+            summary={
+                "validation/errors": len(report.errors()),
+                "validation/duplicate_groups": len(report.duplicate_groups),
+                "validation/recommended_imgsz": report.recommended_imgsz,
+            },
+        ),
+    )
+    allow = list(recipe.validation.allow)
+    if recipe.rebalance.enabled:
+        allow.append("DUP_CROSS_SPLIT")  # the next step repairs leakage before training
+    ensure_valid(report, allow=allow)
+    return ValidationOutput(
+        report_json=paths["report.json"],
+        summary_md=paths["summary.md"],
+        recommended_imgsz=report.recommended_imgsz,
+        native_side=report.largest_native_side(),
+        errors=len(report.errors()),
+        warnings=len(report.warnings()),
+        duplicate_groups=[[m.image for m in g.members] for g in report.duplicate_groups],
+        s3_uri=uris.get("report.json"),
+    )
