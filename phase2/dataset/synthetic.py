@@ -42,9 +42,10 @@ DRAWN_CLASSES = frozenset({"rock_toe", "slope_drain", "toe_drain", "vegetation"}
 
 
 class DemoSettings(BaseModel):
-    """The measured demo choice: classes, dataset sizes, image size, baseline and fine-tune recipes.
+    """The measured demo choice: classes, dataset sizes, image size and the baseline's training.
 
-    `baseline` and `finetune` are Ultralytics train() arguments (besides data/model/project).
+    `baseline` holds Ultralytics train() arguments (besides data/model/project); the demo's
+    fine-tune is the recipe configs/phase2-demo.yaml.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -58,7 +59,6 @@ class DemoSettings(BaseModel):
     toe_drain_train_fraction: float = Field(description="share of train images holding one toe_drain")
     cpu_threads: int = 2
     baseline: dict[str, Any]
-    finetune: dict[str, Any]
 
     @field_validator("classes")
     @classmethod
@@ -353,18 +353,20 @@ def train_demo_model(
 
     model = YOLO(str(model_source))
     use_cpu_threads(model, settings.cpu_threads)
+    demo_defaults = {
+        "imgsz": settings.imgsz,
+        "workers": 0,
+        "device": "cpu",
+        "plots": False,
+        "seed": settings.seed,
+        "deterministic": True,
+    }
     model.train(
+        **(demo_defaults | train_args),
         data=str(Path(data_yaml).resolve()),
-        imgsz=settings.imgsz,
-        workers=0,
-        device="cpu",
-        plots=False,
-        seed=settings.seed,
-        deterministic=True,
         project=str(Path(out_dir).resolve()),
         name=name,
         exist_ok=True,
-        **train_args,
     )
     if model.trainer is None:
         raise RuntimeError(f"{name} training did not start a trainer")

@@ -143,11 +143,14 @@ def test_demo_recipe_learns_the_scenes_to_map50_half(tmp_path):
     from ultralytics import YOLO
 
     from phase2.dataset.synthetic import generate_demo_dataset, train_baseline, train_demo_model
+    from phase2.training.recipe import load_recipe
 
     s = DEMO_SETTINGS
     data_yaml = generate_demo_dataset(tmp_path / "data")
     baseline = train_baseline(data_yaml, tmp_path / "runs")
-    finetuned = train_demo_model(baseline, data_yaml, tmp_path / "runs", "finetune", s.finetune)
+    recipe = load_recipe("phase2-demo").train.ultralytics_kwargs(s.imgsz)
+    finetune_args = recipe | {"device": "cpu", "plots": False, "save_period": -1}  # the CPU, no extra files
+    finetuned = train_demo_model(baseline, data_yaml, tmp_path / "runs", "finetune", finetune_args)
     metrics = YOLO(str(finetuned)).val(
         data=str(data_yaml), imgsz=s.imgsz, device="cpu", plots=False, project=str(tmp_path / "runs"), name="val"
     )
