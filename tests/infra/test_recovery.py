@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 
+import psutil
 import pytest
 import yaml
 
@@ -25,6 +26,8 @@ def test_flow_run_process_alive_tells_live_dead_zombie_and_reused_pids():
     run_id = str(uuid.uuid4())
     sleeper = subprocess.Popen(["sleep", "30"], env={**os.environ, "PREFECT__FLOW_RUN_ID": run_id})
     try:
+        # Until exec, the child still holds the parent's environment (no flow run id): wait for it.
+        wait_until(lambda: psutil.Process(sleeper.pid).cmdline() == ["sleep", "30"] or None, 10, "sleep exec'd")
         assert flow_run_process_alive(sleeper.pid) and flow_run_process_alive(sleeper.pid, run_id)
         assert not flow_run_process_alive(sleeper.pid, uuid.uuid4())  # the pid now belongs to another run
         sleeper.kill()
