@@ -9,7 +9,8 @@ from phase2.infra.settings import state_dir
 from phase2.registry.registry import Registry
 from phase2.runs import RunContext
 from phase2.training.fine_tune import FineTuneResult, fine_tune, start_weights
-from phase2.training.recipe import lint_recipe, resolve_imgsz
+from phase2.training.identity import RunIdentity
+from phase2.training.recipe import lint_recipe
 from tasks import RETRIES, RETRY_DELAY_S
 from tasks.rebalance import DatasetVersion
 from tasks.validate import ValidationOutput
@@ -22,10 +23,12 @@ def train(dataset: DatasetVersion, validation: ValidationOutput, ctx: RunContext
         logger().warning("recipe %s: %s", warning.field, warning.message)
     store = object_store()
     weights = start_weights(recipe, ctx.baseline, Registry(store, ctx.model_name), cache_dir=state_dir() / "weights")
+    train_args = recipe.train.ultralytics_kwargs(validation.imgsz)
     result = fine_tune(
         weights=weights,
         data_yaml=dataset.data_yaml,
-        train_args=recipe.train.ultralytics_kwargs(resolve_imgsz(recipe, validation.recommended_imgsz)),
+        train_args=train_args,
+        identity=RunIdentity.of(dataset_version=dataset.version_id, weights=weights, train_args=train_args),
         save_dir=ctx.layout.stage_dir("train"),
         store=store,
         run_prefix=ctx.layout.stage_prefix("train"),

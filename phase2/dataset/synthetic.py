@@ -351,6 +351,10 @@ def train_demo_model(
     """
     from ultralytics import YOLO
 
+    from phase2.training.checkpoints import verify_checkpoint
+
+    if str(model_source).endswith(".pt"):
+        verify_checkpoint(model_source)  # a safe load first: Ultralytics unpickles fully
     model = YOLO(str(model_source))
     use_cpu_threads(model, settings.cpu_threads)
     demo_defaults = {

@@ -118,6 +118,8 @@ def evaluate_checkpoint(
     """
     from ultralytics import YOLO
 
+    from phase2.training.checkpoints import verify_checkpoint
+
     weights, data_yaml, out_dir = Path(weights).resolve(), Path(data_yaml).resolve(), Path(out_dir).resolve()
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no such checkpoint")
@@ -125,7 +127,7 @@ def evaluate_checkpoint(
         raise FileNotFoundError(f"{data_yaml}: no such dataset yaml")
     protocol = EvalProtocol(split=split, imgsz=imgsz, conf=conf, iou=iou, batch=batch)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = YOLO(str(weights))
+    model = YOLO(str(verify_checkpoint(weights)))  # a safe load first: Ultralytics unpickles fully
     with tempfile.TemporaryDirectory(prefix="eval-view-", dir=out_dir) as view:
         view_yaml = _dataset_view(data_yaml, split, Path(view))
         names = yaml.safe_load(view_yaml.read_text())["names"]

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from phase2.evaluation.evaluate import EvalProtocol, EvalResult, evaluate_checkpoint
 from phase2.infra.files import atomic_write_text, sha256_file
+from phase2.training.checkpoints import load_checkpoint
 from phase2.training.history import METRIC_COLUMNS, read_results_csv, ultralytics_fitness_formula
 
 RATE_KEYS = ("precision", "recall", "AP50", "AP50-95")
@@ -129,10 +130,7 @@ def find_candidates(run_dir: Path) -> list[tuple[Path, str, list[str]]]:
 
 
 def _training_record(weights: Path, run_dir: Path) -> TrainingRecord:
-    import torch
-
-    # A pickle: only checkpoints of the run being selected are loaded here.
-    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(weights)  # weights-only: a pickle that is not a YOLO checkpoint is refused
     model = ckpt.get("ema") or ckpt.get("model")
     dtype = str(next(model.parameters()).dtype).replace("torch.", "") if model is not None else "unknown"
     train_metrics = {k: float(v) for k, v in (ckpt.get("train_metrics") or {}).items()}

@@ -14,11 +14,16 @@ Layout under ``models/<name>/``:
   only point at a version whose manifest exists.
 
 Security: Ultralytics weights are pickles (loading runs code). Everything downloaded here is
-checked against the manifest's sha256 before it is moved into place.
+checked against the manifest's sha256 before it is moved into place, and file names in a
+manifest are checked to be plain relative paths (a manifest is read from the bucket: a name
+like ``../x`` must never become a path outside the download folder). A matching sha256 proves
+only that the file is what the bucket holds, so weights handed out by :meth:`resolve_reference`
+are also loaded with the weights-only loader first (phase2/training/checkpoints.py).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import random
 import re
@@ -27,12 +32,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from phase2.infra.files import atomic_write_text, sha256_file
+from phase2.infra.files import atomic_write_text, sha256_bytes, sha256_file
 from phase2.infra.settings import DEFAULT_MODEL_NAME, git_sha, state_dir
 from phase2.registry.storage import (
     IntegrityError,
@@ -42,6 +47,7 @@ from phase2.registry.storage import (
     StorageError,
     parse_uri,
 )
+from phase2.training.checkpoints import verify_checkpoint
 
 __all__ = [
     "WEIGHTS_FILE",
@@ -105,6 +111,14 @@ class ModelVersion(RegistrationMetadata):
     files: dict[str, FileEntry]
     created_at: str
 
+    @field_validator("files")
+    @classmethod
+    def _relative_file_names(cls, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        # A manifest is read from the bucket: its names become local paths on download.
+        for relpath in files:
+            _check_relpath(relpath)
+        return files
+
     @property
     def ref(self) -> str:
         return f"{self.name}:v{self.version}"
@@ -133,12 +147,22 @@ def _installed_version(package: str) -> str | None:
 
 
 def _check_relpath(relpath: str) -> str:
-    path = PurePosixPath(relpath)
-    if path.is_absolute() or ".." in path.parts or not path.parts or relpath in (MANIFEST, CLAIM) or "\\" in relpath:
-        raise RegistryError(
-            f"bad file name {relpath!r} for a model version: use a relative path like 'weights/best.pt'"
+    """A file name inside a version: relative POSIX path, no empty, '.' or '..' part, no backslash.
+
+    Raises ValueError (inside a manifest, pydantic turns it into a ValidationError)."""
+    parts = relpath.split("/")
+    if (
+        relpath.startswith("/")
+        or any(part in ("", ".", "..") for part in parts)
+        or "\\" in relpath
+        or "\0" in relpath
+        or relpath in (MANIFEST, CLAIM)
+    ):
+        raise ValueError(
+            f"bad file name {relpath!r} for a model version: use a relative path like 'weights/best.pt' "
+            "(no '..', no leading '/', no empty parts, no backslash)"
         )
-    return str(path)
+    return relpath
 
 
 def _backoff(attempt: int) -> None:
@@ -212,7 +236,10 @@ class Registry:
             local = Path(local)
             if not local.is_file():
                 raise RegistryError(f"cannot register {relpath!r}: {local} is not a file")
-            relpath = _check_relpath(relpath)
+            try:
+                relpath = _check_relpath(relpath)
+            except ValueError as exc:
+                raise RegistryError(str(exc)) from None
             entries[relpath] = FileEntry(sha256=sha256_file(local), size=local.stat().st_size)
             sources[relpath] = local
         owner = f"{datetime.now(UTC).isoformat()} {random.getrandbits(64):016x}"
@@ -246,7 +273,13 @@ class Registry:
             data, _ = self.store.get_bytes(self.manifest_key(version))
         except ObjectNotFound:
             raise RegistryError(f"{self.name}:v{version} does not exist (no manifest)") from None
-        manifest = ModelVersion.model_validate_json(data)
+        try:
+            manifest = ModelVersion.model_validate_json(data)
+        except ValidationError as exc:
+            problems = "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
+            raise IntegrityError(
+                f"{self.name}:v{version}: manifest {self.store.uri(self.manifest_key(version))} is refused: {problems}"
+            ) from None
         if (manifest.name, manifest.version) != (self.name, version):
             raise IntegrityError(
                 f"{self.store.uri(self.manifest_key(version))} describes "
@@ -346,14 +379,21 @@ class Registry:
         dest_dir.mkdir(parents=True, exist_ok=True)
         target = dest_dir / f"{self.name}-v{version.version}"
         manifest_json = version.model_dump_json(indent=2)
-        if target.is_dir() and (target / MANIFEST).is_file() and (target / MANIFEST).read_text() == manifest_json:
-            return target
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=dest_dir))
+        for existing in (target, _hashed_name(target, manifest_json)):
+            if _is_download_of(existing, manifest_json):
+                return existing
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=dest_dir)).resolve()
         try:
             for relpath, entry in version.files.items():
                 key = self.version_prefix(version.version) + relpath
+                local_path = (staging / relpath).resolve()
+                if not local_path.is_relative_to(staging):  # names are validated on read; never trust one
+                    raise IntegrityError(
+                        f"{version.ref}: file name {relpath!r} in its manifest points outside the download "
+                        f"folder; refusing it (nothing written to {dest_dir})"
+                    )
                 try:
-                    local = self.store.get_file(key, staging / relpath, expected_sha256=entry.sha256)
+                    local = self.store.get_file(key, local_path, expected_sha256=entry.sha256)
                 except IntegrityError:
                     raise IntegrityError(
                         f"{version.ref}: file {relpath!r} ({self.store.uri(key)}) does not match the sha256 in "
@@ -362,9 +402,7 @@ class Registry:
                 if local.stat().st_size != entry.size:
                     raise IntegrityError(f"{version.ref}: file {relpath!r} has the wrong size")
             atomic_write_text(staging / MANIFEST, manifest_json)
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
+            target = _publish_download(staging, target, manifest_json)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -384,10 +422,13 @@ class Registry:
         """Local weights for a baseline given as a local path, an ``s3://`` URI, or a registry
         reference ``name:alias`` / ``name:vN``. Remote ones are downloaded into a cache under the
         state dir and sha256-verified (registry: manifest; s3:// URI: the object's sha256
-        metadata, required)."""
+        metadata, required). Every one is then loaded with the weights-only loader
+        (:func:`phase2.training.checkpoints.verify_checkpoint`): a pickle that is not a plain
+        YOLO checkpoint raises :class:`~phase2.training.checkpoints.UnsafeCheckpoint`, even when
+        its sha256 matches, since the hash lives in the same bucket as the file."""
         local = Path(uri_or_ref).expanduser()
         if local.is_file():
-            return local.resolve()
+            return verify_checkpoint(local.resolve())
         cache = Path(cache_dir or state_dir() / "cache")
         if uri_or_ref.startswith("s3://"):
             bucket, key = parse_uri(uri_or_ref)
@@ -402,14 +443,14 @@ class Registry:
                     f"{uri_or_ref} has no sha256 metadata; upload it with phase2 (or pass a local path)"
                 )
             dest = cache / "s3" / bucket / key
-            if dest.is_file() and sha256_file(dest) == expected:
-                return dest
-            return store.get_file(key, dest, expected_sha256=expected)
+            if not (dest.is_file() and sha256_file(dest) == expected):
+                store.get_file(key, dest, expected_sha256=expected)
+            return verify_checkpoint(dest)
         if ":" in uri_or_ref and not uri_or_ref.startswith((".", "/")):
             version = self.get(uri_or_ref)
             registry = Registry(self.store, version.name)
             folder = registry.download(f"v{version.version}", cache / "registry")
-            return folder / registry.weights_file(version)
+            return verify_checkpoint(folder / registry.weights_file(version))
         raise RegistryError(
             f"baseline {uri_or_ref!r} is not an existing file, an s3:// URI or a registry reference like "
             f"'{self.name}:production'"
@@ -437,3 +478,33 @@ class Registry:
             return aliases
 
         return self._update_aliases(promote)
+
+
+# --- download folders: shared by concurrent runs, never deleted under them ----------------------
+
+
+def _is_download_of(folder: Path, manifest_json: str) -> bool:
+    try:
+        return (folder / MANIFEST).read_text() == manifest_json
+    except OSError:
+        return False
+
+
+def _hashed_name(target: Path, manifest_json: str) -> Path:
+    return target.with_name(f"{target.name}-{sha256_bytes(manifest_json.encode())[:12]}")
+
+
+def _publish_download(staging: Path, target: Path, manifest_json: str) -> Path:
+    """Move a complete, verified download into place without deleting a folder another run may be
+    reading: a ``target`` holding something else is left alone and this copy is named by its
+    manifest's hash instead. Renaming onto a non-empty folder fails, so of concurrent downloads of
+    one version the first wins and the others use its identical copy."""
+    if target.exists() and not _is_download_of(target, manifest_json):
+        target = _hashed_name(target, manifest_json)
+    try:
+        staging.rename(target)
+    except OSError as error:
+        if error.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not _is_download_of(target, manifest_json):
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

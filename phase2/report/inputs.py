@@ -118,11 +118,13 @@ def render_detections(
     from ultralytics import YOLO
     from ultralytics.engine.results import Results
 
+    from phase2.training.checkpoints import verify_checkpoint
+
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    model = YOLO(str(weights))
+    model = YOLO(str(verify_checkpoint(weights)))  # a safe load first: Ultralytics unpickles fully
     names = [model.names[i] for i in sorted(model.names)]
 
     def name_of(class_id: int) -> str:

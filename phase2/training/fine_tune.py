@@ -8,6 +8,7 @@ whereas in-process callbacks are dropped under DDP.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import json
@@ -28,7 +29,17 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from phase2.infra.files import sha256_file
+from phase2.infra.processes import record_path, write_record
+from phase2.training.checkpoints import load_checkpoint, verify_checkpoint
 from phase2.training.history import summarize_history
+from phase2.training.identity import (
+    IDENTITY_FILE,
+    RunIdentity,
+    check_identity,
+    parse_identity,
+    read_identity,
+    write_identity,
+)
 
 if TYPE_CHECKING:  # annotations only: the training child imports this module and needs neither
     from phase2.registry.registry import Registry
@@ -68,6 +79,7 @@ class FineTuneResult(BaseModel):
     s_per_epoch: float | None
     peak_rss_mb: float | None
     wandb_run_path: str | None
+    identity: RunIdentity | None = None  # None only in markers written before it was recorded
 
     def to_markdown(self) -> str:
         return (
@@ -106,11 +118,11 @@ def checkpoint_is_complete(path: Path) -> bool:
 
 
 def checkpoint_state(path: Path) -> dict[str, Any]:
-    """Epoch (0-based, -1 once Ultralytics stripped the final checkpoint) and train args."""
-    import torch
+    """Epoch (0-based, -1 once Ultralytics stripped the final checkpoint) and train args.
 
-    # weights_only=False unpickles: only called on files this pipeline wrote or verified.
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    Loaded weights-only (:func:`phase2.training.checkpoints.load_checkpoint`): a last.pt restored
+    from S3 is only as trustworthy as the bucket."""
+    ckpt = load_checkpoint(path)
     return {
         "epoch": ckpt.get("epoch", -1),
         "train_args": ckpt.get("train_args") or {},
@@ -210,13 +222,20 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: SIGKILL the child when the process that started it dies (worker killed)."""
-    os.setpgrp()
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+# The training child's parent, so the child can tell it has already lost it.
+PARENT_PID_ENV = "PHASE2_TRAINING_PARENT_PID"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs first thing in the training child
+    """Linux: SIGTERM this training child when the process that started it dies (worker killed).
+    Set here, in the child: a preexec_fn loading libc after fork in a threaded parent can deadlock.
+    A parent that died before the prctl is caught by the parent-pid check."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    parent = int(os.environ.get(PARENT_PID_ENV) or 0)
+    if parent and os.getppid() != parent:
+        sys.exit(f"the process that started this training (pid {parent}) is gone; not training")
 
 
 def _kill_child(proc: subprocess.Popen) -> None:
@@ -246,29 +265,41 @@ def fine_tune(
     poll_s: float = 1.0,
     on_epoch: Callable[[dict[str, str]], None] | None = None,
     logger: logging.Logger | logging.LoggerAdapter = log,
+    identity: RunIdentity | None = None,
 ) -> FineTuneResult:
     """Train (or resume) into `save_dir`; stream epochs; upload checkpoints; return the summary.
 
     `train_args` are Ultralytics train kwargs (epochs, imgsz, ...). Re-calling with the same
     `save_dir` after a crash continues from the newest complete last.pt (local, else S3) to the
-    same final epoch; a finished run is returned as is.
+    same final epoch; a finished run is returned as is. Both only for the same inputs: `identity`
+    (``RunIdentity.of(dataset_version=..., weights=weights, train_args=train_args)``; without it
+    the dataset version is the content hash of `data_yaml`'s images and labels) is recorded with
+    the run, and a run recorded with another identity raises
+    :class:`phase2.training.identity.StaleRun` saying what differs.
     """
     save_dir = Path(save_dir)
     weights_dir = save_dir / "weights"
     results_csv = save_dir / "results.csv"
     epochs = int(train_args["epochs"])
-    if (marker := save_dir / COMPLETE_MARKER).exists():
-        return FineTuneResult.model_validate_json(marker.read_text())
-
     if str(weights).endswith(".pt") and not checkpoint_is_complete(Path(weights)):
         # Refused before anything unpickles it: a clear message instead of the child's traceback.
         raise TrainingFailed(
             f"{weights}: not a PyTorch checkpoint (missing, or not the zip torch.save writes); "
             "pass an Ultralytics .pt such as the baseline's best.pt"
         )
+    if str(weights).endswith(".pt"):
+        verify_checkpoint(weights)  # the child's Ultralytics unpickles it with weights_only=False
+    identity = _identity_of_inputs(identity, weights, data_yaml, train_args)
+    where = f"{save_dir}" + (f" and {store.uri(run_prefix)}/" if store is not None else "")
+    fix = f"use a new run_name to train on these inputs, or delete {where} to retrain under this name"
+    if (marker := save_dir / COMPLETE_MARKER).exists():
+        finished_run = FineTuneResult.model_validate_json(marker.read_text())
+        check_identity(identity, finished_run.identity, f"finished run {marker}", fix)
+        return finished_run
+
     started = time.monotonic()
     last = weights_dir / "last.pt"
-    _restore_from_store(store, run_prefix, save_dir)
+    _restore_from_store(store, run_prefix, save_dir, identity, fix)
     resume_epoch: int | None = None
     finished = False
     if last.exists():
@@ -277,13 +308,14 @@ def fine_tune(
                 f"{last} is torn (killed mid-write) and no intact copy is in S3; delete {save_dir} to start over"
             )
         state = checkpoint_state(last)
+        planned = int(state["train_args"].get("epochs", epochs))
+        if state["epoch"] >= 0 and planned != epochs:
+            raise ResumeError(
+                f"{last} was trained towards {planned} epochs; Ultralytics cannot resume to "
+                f"{epochs}. Keep epochs={planned}, or start a new run to train longer."
+            )
+        check_identity(identity, read_identity(save_dir / IDENTITY_FILE), f"checkpoint {last}", fix)
         if state["epoch"] >= 0:
-            planned = int(state["train_args"].get("epochs", epochs))
-            if planned != epochs:
-                raise ResumeError(
-                    f"{last} was trained towards {planned} epochs; Ultralytics cannot resume to "
-                    f"{epochs}. Keep epochs={planned}, or start a new run to train longer."
-                )
             resume_epoch = state["epoch"] + 1  # epochs completed
             _truncate_results(results_csv, resume_epoch)
             if len(read_results(results_csv)) < resume_epoch and state["train_results"]:
@@ -295,7 +327,9 @@ def fine_tune(
     if finished:
         logger.info("%s already finished training; summarizing it", save_dir)
         finished_rows = len(read_results(results_csv))
-        return _summarize(save_dir, store, run_prefix, train_args, tracker, started, finished_rows, None, None, {})
+        return _summarize(
+            save_dir, store, run_prefix, train_args, tracker, started, finished_rows, None, None, {}, identity
+        )
     rows_before = len(read_results(results_csv)) if resume_epoch else 0
 
     spec = {
@@ -305,6 +339,9 @@ def fine_tune(
         "train_args": {**train_args, "project": str(save_dir.parent), "name": save_dir.name, "exist_ok": True},
     }
     save_dir.mkdir(parents=True, exist_ok=True)
+    write_identity(save_dir / IDENTITY_FILE, identity)
+    if store is not None:  # before any checkpoint: a fresh worker must find it next to them
+        store.put_file(save_dir / IDENTITY_FILE, f"{run_prefix}/{IDENTITY_FILE}")
     spec_file = save_dir.parent / f"{save_dir.name}.spec.json"
     spec_file.write_text(json.dumps(spec, indent=2, default=str))
     log_file = save_dir.parent / f"{save_dir.name}.log"
@@ -316,14 +353,17 @@ def fine_tune(
     # the child exits); sending them again would duplicate those epochs in the resumed W&B run.
     streamed = rows_before
     peak = None
+    command = [sys.executable, "-m", "phase2.training.fine_tune", str(spec_file)]
     with log_file.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "phase2.training.fine_tune", str(spec_file)],
+            command,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            process_group=0,  # its own group: _kill_child signals it and any DDP ranks it starts
+            env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_PID_ENV: str(os.getpid())},
         )
+        # <save_dir>.pid.json: found by `python -m phase2.infra.processes --stop-recorded` (.ci/run).
+        write_record(record_path(save_dir.parent, save_dir.name), proc.pid, command)
         try:
             while True:
                 code = proc.poll()
@@ -354,6 +394,7 @@ def fine_tune(
                 time.sleep(poll_s)
         finally:
             _kill_child(proc)
+            record_path(save_dir.parent, save_dir.name).unlink(missing_ok=True)
             uploader.finish()
     if proc.returncode != 0:
         tail = log_file.read_text(errors="replace").splitlines()[-25:]
@@ -372,7 +413,26 @@ def fine_tune(
         resume_epoch,
         peak,
         dict(uploader.uploaded),
+        identity,
     )
+
+
+def _identity_of_inputs(
+    identity: RunIdentity | None, weights: Path | str, data_yaml: Path, train_args: dict[str, Any]
+) -> RunIdentity:
+    """The caller's identity, checked against the inputs it must describe (else one from them)."""
+    if identity is None:
+        from phase2.dataset.rebalance import dataset_version_id
+
+        version = dataset_version_id(Path(data_yaml))
+        return RunIdentity.of(dataset_version=version, weights=weights, train_args=train_args)
+    actual = RunIdentity.of(dataset_version=identity.dataset_version, weights=weights, train_args=train_args)
+    if diffs := actual.differences(identity):
+        raise ValueError(
+            f"the identity passed to fine_tune does not describe its inputs ({'; '.join(diffs)}); "
+            "build it with RunIdentity.of(dataset_version=..., weights=weights, train_args=train_args)"
+        )
+    return identity
 
 
 def _summarize(
@@ -386,6 +446,7 @@ def _summarize(
     resume_epoch: int | None,
     peak: float | None,
     checkpoints: dict[str, str],
+    identity: RunIdentity,
 ) -> FineTuneResult:
     """Final uploads, checksums and the run summary; writes the COMPLETE marker last."""
     weights_dir, results_csv = save_dir / "weights", save_dir / "results.csv"
@@ -422,6 +483,7 @@ def _summarize(
         s_per_epoch=round(wall / trained_now, 2) if trained_now else None,
         peak_rss_mb=round(peak, 1) if peak else None,
         wandb_run_path=tracker.run_path if tracker is not None else None,
+        identity=identity,
     )
     marker = save_dir / COMPLETE_MARKER
     marker.write_text(result.model_dump_json(indent=2))
@@ -430,16 +492,30 @@ def _summarize(
     return result
 
 
-def _restore_from_store(store, run_prefix: str, save_dir: Path) -> None:
-    """No usable local last.pt (e.g. a fresh worker): fetch last.pt and results.csv from S3."""
+def _restore_from_store(store, run_prefix: str, save_dir: Path, identity: RunIdentity, fix: str) -> None:
+    """No usable local last.pt (e.g. a fresh worker): fetch last.pt, best.pt and results.csv from
+    S3, if the identity recorded next to them there is ``identity``. best.pt (Ultralytics loads it
+    unsafely at the end) is verified here; last.pt by :func:`checkpoint_state`."""
     last = save_dir / "weights" / "last.pt"
     if store is None or (last.exists() and checkpoint_is_complete(last)):
         return
     key = f"{run_prefix}/weights/last.pt"
     if not store.exists(key):
         return
+    identity_key = f"{run_prefix}/{IDENTITY_FILE}"
+    recorded = parse_identity(store.get_bytes(identity_key)[0]) if store.exists(identity_key) else None
+    check_identity(identity, recorded, f"checkpoint {store.uri(key)}", fix)
+    write_identity(save_dir / IDENTITY_FILE, identity)
     log.info("Restoring %s from %s", last, store.uri(key))
     store.get_file(key, last)
+    best_key, best = f"{run_prefix}/weights/best.pt", save_dir / "weights" / "best.pt"
+    if store.exists(best_key) and not best.exists():
+        staged = store.get_file(best_key, best.with_name(".restore-best.pt"))
+        try:
+            verify_checkpoint(staged)
+            staged.replace(best)
+        finally:
+            staged.unlink(missing_ok=True)
     csv_key = f"{run_prefix}/results.csv"
     if store.exists(csv_key) and not (save_dir / "results.csv").exists():
         store.get_file(csv_key, save_dir / "results.csv")
@@ -459,6 +535,7 @@ def resolve_device(device: str) -> str:
 
 
 def _child_main(spec_file: str) -> int:  # pragma: no cover - exercised through subprocess
+    _die_with_parent()
     from phase2.infra.settings import configure_environment
 
     configure_environment()

@@ -124,15 +124,14 @@ def test_refuses_a_non_empty_target_and_leaves_it_alone(tmp_path):
 
 
 def test_train_baseline_returns_the_trained_best_pt(tmp_path):
-    import torch
-
     from phase2.dataset.synthetic import train_baseline
+    from phase2.training.checkpoints import load_checkpoint
 
     tiny = DEMO_SETTINGS.model_copy(update=dict(imgsz=96, baseline=dict(epochs=1, batch=4, nbs=4, mosaic=0.0)))
     data_yaml = generate_synthetic_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=1, imgsz=96)
     best = train_baseline(data_yaml, tmp_path / "runs", settings=tiny)
     assert best == tmp_path / "runs" / "baseline" / "weights" / "best.pt"
-    checkpoint = torch.load(best, weights_only=False)  # our own file, just written
+    checkpoint = load_checkpoint(best)
     assert checkpoint["train_args"]["imgsz"] == 96
     assert list(checkpoint["model"].names.values()) == list(CLASS_NAMES)
 

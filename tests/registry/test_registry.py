@@ -14,6 +14,7 @@ from phase2.evaluation.promotion import PromotionRule, decide_promotion
 from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
 from phase2.registry.registry import IntegrityError, ModelVersion, PromotionConflict, Registry, RegistryError
 from phase2.registry.storage import ObjectStore, StorageError
+from tests.training.weights import yolo_checkpoint
 
 NAME = "site-inspection-detector"
 
@@ -195,6 +196,7 @@ def test_tampered_weights_fail_download_and_leave_nothing(object_store, tmp_path
 def test_resolve_reference_local_s3_and_registry(object_store, tmp_path):
     registry = Registry(object_store)
     files = sample_files(tmp_path, "a")
+    yolo_checkpoint(files["weights/best.pt"])  # resolved weights are loaded (weights-only) first
     expected = files["weights/best.pt"].read_bytes()
     registry.set_alias("production", registry.register(files, sample_metadata()).version)
     assert registry.resolve_reference(str(files["weights/best.pt"])) == files["weights/best.pt"].resolve()

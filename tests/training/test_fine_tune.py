@@ -32,8 +32,9 @@ from phase2.training.fine_tune import (
     read_results,
     start_weights,
 )
+from phase2.training.identity import RunIdentity, StaleRun
 from phase2.training.recipe import Recipe
-from tests.plugins.data import copy_subset
+from tests.training.weights import yolo_checkpoint
 
 EPOCHS = 2
 TRAIN_ARGS = {
@@ -51,11 +52,6 @@ TRAIN_ARGS = {
     "lr0": 0.001,
     "warmup_epochs": 0,
 }
-
-
-@pytest.fixture
-def data_yaml(real_dataset, tmp_path) -> Path:
-    return copy_subset(real_dataset, tmp_path / "data", {"train": 8, "val": 4, "test": 1})
 
 
 def run_id() -> str:
@@ -110,14 +106,14 @@ def kill_during_epoch_2(save_dir: Path, future: Future, store=None, run_prefix: 
 
 def run_args(data_yaml: Path, save_dir: Path, run_prefix: str, **extra: Any) -> dict[str, Any]:
     """fine_tune's arguments in these tests: yolo11n from scratch under TRAIN_ARGS."""
-    return dict(
-        weights="yolo11n.yaml",
-        data_yaml=data_yaml,
-        train_args=TRAIN_ARGS,
-        save_dir=save_dir,
-        run_prefix=run_prefix,
+    return {
+        "weights": "yolo11n.yaml",
+        "data_yaml": data_yaml,
+        "train_args": TRAIN_ARGS,
+        "save_dir": save_dir,
+        "run_prefix": run_prefix,
         **extra,
-    )
+    }
 
 
 def start(pool: ThreadPoolExecutor, **kwargs) -> Future:
@@ -224,6 +220,49 @@ def test_fresh_worker_resumes_from_s3(data_yaml, tmp_path, object_store):
     assert object_store.head(f"{prefix}/weights/last.pt")["sha256"] == result.last_sha256
 
 
+def test_a_run_of_other_inputs_is_refused_locally_and_from_the_bucket(data_yaml, tmp_path, object_store):
+    """A fixed run_name keeps save_dir and run_prefix: new data must not get the old run's weights."""
+    save_dir, prefix = tmp_path / "train", "runs/stale/train"
+    args = {**TRAIN_ARGS, "epochs": 1, "imgsz": 32}
+
+    def identity(dataset_version: str = "ds-1", weights: Path | str = "yolo11n.yaml", **changed) -> RunIdentity:
+        return RunIdentity.of(dataset_version=dataset_version, weights=weights, train_args={**args, **changed})
+
+    def call(ident: RunIdentity, weights: Path | str = "yolo11n.yaml", **changed):
+        kwargs = run_args(data_yaml, save_dir, prefix, store=object_store, identity=ident, poll_s=0.2)
+        return fine_tune(**{**kwargs, "weights": weights, "train_args": {**args, **changed}})
+
+    done = call(identity())
+    assert done.identity == identity() and done.epochs_completed == 1
+    assert RunIdentity.model_validate_json(object_store.get_bytes(f"{prefix}/identity.json")[0]) == identity()
+
+    assert call(identity()) == done  # same inputs: the finished run, as before
+    baseline = yolo_checkpoint(tmp_path / "baseline.pt")
+    for ident, weights, changed, differs in (
+        (identity("ds-2"), "yolo11n.yaml", {}, "dataset version 'ds-1' -> 'ds-2'"),
+        (identity(lr0=0.01), "yolo11n.yaml", {"lr0": 0.01}, "train args (lr0 0.001 -> 0.01)"),
+        (identity(weights=baseline), baseline, {}, "start weights 'yolo11n.yaml' -> sha256 "),
+    ):
+        with pytest.raises(StaleRun) as refused:
+            call(ident, weights, **changed)
+        message = str(refused.value)
+        assert f"finished run {save_dir / 'COMPLETE.json'} was trained from other inputs: {differs}" in message
+        assert "use a new run_name" in message and f"delete {save_dir} and {object_store.uri(prefix)}/" in message
+
+    # A fresh worker (no local folder) finds the run in the bucket: refused for other inputs,
+    # nothing restored; the same inputs get the finished run back.
+    shutil.rmtree(save_dir)
+    with pytest.raises(StaleRun, match=r"s3://.*/weights/last\.pt was trained from other inputs: dataset version"):
+        call(identity("ds-2"))
+    assert not (save_dir / "weights" / "last.pt").exists()
+    restored = call(identity())
+    assert (restored.last_sha256, restored.identity, restored.epochs_trained_this_attempt) == (
+        done.last_sha256,
+        identity(),
+        0,
+    )
+
+
 def test_resume_cannot_extend_epochs(data_yaml, tmp_path):
     save_dir = tmp_path / "train"
     common = run_args(data_yaml, save_dir, "runs/r4/train")
@@ -289,8 +328,7 @@ def test_uploader_skips_its_own_snapshots(tmp_path, object_store):
 
 def test_start_weights_from_scratch_baseline_or_recipe_model(object_store, tmp_path):
     registry, cache = Registry(object_store), tmp_path / "cache"
-    local = tmp_path / "base.pt"
-    local.write_bytes(b"weights")
+    local = yolo_checkpoint(tmp_path / "base.pt")
     baseline_recipe = Recipe(name="r")
     assert start_weights(baseline_recipe, "yolo11n.yaml", registry, cache_dir=cache) == "yolo11n.yaml"
     assert start_weights(baseline_recipe, str(local), registry, cache_dir=cache) == str(local.resolve())
