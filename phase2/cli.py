@@ -329,10 +329,12 @@ def run(
         str | None,
         typer.Option(help="Recipe name or path (default phase2-demo without --data, phase2-seed with it)."),
     ] = None,
-    keep_up: Annotated[bool, typer.Option(help="Leave the local stack running afterwards.")] = False,
+    keep_up: Annotated[bool, typer.Option(help="Leave the services this command started running afterwards.")] = False,
     timeout: Annotated[int, typer.Option(help="Seconds to wait for the flow run.")] = 6 * 3600,
 ) -> None:
-    """Start the stack, run `prefect deployment run phase2/train --watch`, print where results are."""
+    """Start the stack (or use the running one), run `prefect deployment run phase2/train --watch`,
+    print where results are. Afterwards it stops only what it started: a stack that was already
+    up (`phase2 up`) stays up."""
     from phase2.demo import prepare_demo, trigger_training
 
     if data is None:
@@ -350,7 +352,7 @@ def run(
         )
     finally:
         if not keep_up:
-            stack.down()
+            stack.stop_started()
     typer.echo("\n".join(f"{k:>16}: {v}" for k, v in summary.items()))
     if summary.get("state") != "COMPLETED":
         raise typer.Exit(1)

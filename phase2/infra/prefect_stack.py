@@ -1,8 +1,9 @@
 """The local Prefect stack: a real `prefect server start` (SQLite), a process work pool, the
 deployments from prefect.yaml, and a worker; plus `up`/`down` for the whole local stack.
 
-Every process gets PREFECT_HOME under the state dir and its own session/process group, so
-`down` stops exactly what `up` started, and nothing lands in the user's home.
+Every process gets PREFECT_HOME under the state dir and its own session/process group, and is
+recorded (pid, create time) in <state>/prefect/<name>.pid.json, so `down` stops exactly what `up`
+started, and nothing lands in the user's home.
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from phase2.infra.files import atomic_write_text
-from phase2.infra.processes import process_alive, process_created_at, stop_process_group
+from phase2.infra.processes import ProcessRecord, process_alive, process_created_at, record_path, stop_process_group
 from phase2.infra.seaweedfs import SeaweedFS
 from phase2.infra.settings import PROJECT_ROOT, configure_environment, state_dir
 
@@ -40,19 +39,15 @@ def _prefect_bin() -> str:
     return str(Path(sys.executable).with_name("prefect"))
 
 
-class ProcessRecord(BaseModel):
-    """What <state>/prefect/<name>.json says about a background process we started."""
+class ServiceRecord(ProcessRecord):
+    """What <state>/prefect/<name>.pid.json says about a background process we started."""
 
-    pid: int
-    # Start time of that pid: a later process that reuses the pid is not ours.
-    created_at: float | None = None
-    command: list[str]
     port: int | None = None
     pool: str | None = None
 
 
 class _Managed:
-    """A background process recorded in <state>/prefect/<name>.json."""
+    """A background process recorded in <state>/prefect/<name>.pid.json."""
 
     name = "process"
 
@@ -60,16 +55,19 @@ class _Managed:
         self.state = (state or state_dir()).resolve()
         self.root = self.state / "prefect"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.record_file = self.root / f"{self.name}.json"
+        self.record_file = record_path(self.root, self.name)
         self.log_file = self.root / f"{self.name}.log"
+        # True once start() launched the process (rather than reusing a running one).
+        self.launched = False
 
-    def record(self) -> ProcessRecord | None:
-        """The record of the running process; None when there is none or it has exited."""
+    def record(self) -> ServiceRecord | None:
+        """The record of the running process; None when there is none, it has exited, or its pid
+        now belongs to another process (a record without a create time can't tell: not ours)."""
         try:
-            rec = ProcessRecord.model_validate_json(self.record_file.read_text())
+            rec = ServiceRecord.model_validate_json(self.record_file.read_text())
         except (OSError, ValueError):
             return None
-        return rec if process_alive(rec.pid, rec.created_at) else None
+        return rec if rec.created_at is not None and process_alive(rec.pid, rec.created_at) else None
 
     def is_running(self) -> bool:
         return self.record() is not None
@@ -87,10 +85,11 @@ class _Managed:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        record = ProcessRecord(
+        record = ServiceRecord(
             pid=proc.pid, created_at=process_created_at(proc.pid), command=command, port=port, pool=pool
         )
         atomic_write_text(self.record_file, record.model_dump_json())
+        self.launched = True
         return proc.pid
 
     def stop(self) -> None:
@@ -247,6 +246,17 @@ class LocalStack:
         self.worker.stop()
         self.server.stop()
         self.s3.stop()
+
+    def stop_started(self) -> list[str]:
+        """Stop only the services this object's ``up`` launched; ones that were already running
+        (someone's `phase2 up`, another run) are left running. Returns the names stopped."""
+        stopped = []
+        for name, service in (("worker", self.worker), ("prefect server", self.server), ("SeaweedFS", self.s3)):
+            if service.launched:
+                service.stop()
+                service.launched = False
+                stopped.append(name)
+        return stopped
 
     def status(self) -> dict[str, object]:
         return {

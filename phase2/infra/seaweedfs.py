@@ -1,8 +1,9 @@
 """Local SeaweedFS (`weed mini`): the project's S3 server on 127.0.0.1.
 
 Data lives in ``<state_dir>/seaweedfs/data``; the log in ``<state_dir>/seaweedfs/weed.log``;
-the running instance (pid + ports) in ``<state_dir>/seaweedfs/instance.json`` so a second
-``start()`` reuses it. Credentials are always enforced: from AWS_ACCESS_KEY_ID /
+the running instance (pid, create time, ports) in ``<state_dir>/seaweedfs/instance.pid.json``
+so a second ``start()`` reuses it (and ``python -m phase2.infra.processes --stop-recorded``
+finds it). Credentials are always enforced: from AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY, else a random pair generated once into ``credentials.env`` (0600).
 """
 
@@ -25,7 +26,7 @@ import psutil
 from pydantic import BaseModel
 
 from phase2.infra.files import atomic_write_text
-from phase2.infra.processes import has_exited, process_alive, stop_process_group
+from phase2.infra.processes import ProcessRecord, has_exited, process_alive, process_created_at, stop_process_group
 from phase2.infra.settings import S3Settings, state_dir
 from phase2.registry.storage import ObjectStore, StorageError
 
@@ -78,21 +79,20 @@ class SeaweedPorts(BaseModel):
         ]
 
 
-class SeaweedInstance(BaseModel):
-    """The running `weed mini` as recorded in instance.json."""
+class SeaweedInstance(ProcessRecord):
+    """The running `weed mini` as recorded in instance.pid.json."""
 
-    pid: int
     ports: SeaweedPorts
     data_dir: str
 
 
-def _is_our_weed(pid: int, data_dir: Path) -> bool:
-    """Guards against pid reuse: the process must be `weed mini` on this data dir."""
+def _is_our_weed(instance: SeaweedInstance, data_dir: Path) -> bool:
+    """Guards against pid reuse: the process started at the recorded time, `weed mini` on this data dir."""
     try:
-        cmdline = psutil.Process(pid).cmdline()
+        cmdline = psutil.Process(instance.pid).cmdline()
     except (psutil.Error, ValueError):
         return False
-    return process_alive(pid) and f"-dir={data_dir}" in cmdline and "mini" in cmdline
+    return process_alive(instance.pid, instance.created_at) and f"-dir={data_dir}" in cmdline and "mini" in cmdline
 
 
 def _weed_binary() -> str:
@@ -118,12 +118,14 @@ class SeaweedFS:
         self.root = (state or state_dir()).resolve() / "seaweedfs"
         self.data_dir = self.root / "data"
         self.log_file = self.root / "weed.log"
-        self.instance_file = self.root / "instance.json"
+        self.instance_file = self.root / "instance.pid.json"
         self.credentials_file = self.root / "credentials.env"
         self.bucket = bucket
         self.ready_timeout = ready_timeout
         self._requested_ports = ports
         self._process: subprocess.Popen[bytes] | None = None
+        # True once start() launched the server (rather than reusing a running one).
+        self.launched = False
 
     # --- credentials ---------------------------------------------------------------------
 
@@ -151,7 +153,7 @@ class SeaweedFS:
             instance = SeaweedInstance.model_validate_json(self.instance_file.read_text())
         except (OSError, ValueError):
             return None
-        return instance if _is_our_weed(instance.pid, self.data_dir) else None
+        return instance if _is_our_weed(instance, self.data_dir) else None
 
     @property
     def ports(self) -> SeaweedPorts:
@@ -236,8 +238,12 @@ class SeaweedFS:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        record = SeaweedInstance(pid=self._process.pid, ports=ports, data_dir=str(self.data_dir))
+        pid = self._process.pid
+        record = SeaweedInstance(
+            pid=pid, created_at=process_created_at(pid), command=command, ports=ports, data_dir=str(self.data_dir)
+        )
         atomic_write_text(self.instance_file, record.model_dump_json())
+        self.launched = True
 
     def _wait_ready(self) -> None:
         """Ready = a sentinel object round-trips (/healthz answers long before GetObject works)."""

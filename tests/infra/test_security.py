@@ -96,6 +96,9 @@ def test_flow_run_leaks_no_secret(small_real_dataset, tmp_path, prefect_server, 
 
         store = ObjectStore(s3.settings())
         keys = store.list()
+        # The servers' own logs live in their state dirs, not the flow's: scanned too.
+        service_logs = [s3.log_file, prefect_server.log_file]
+        assert all(log.is_file() and log.stat().st_size > 0 for log in service_logs), service_logs
         state_files = [p for p in state.rglob("*") if p.is_file()]
         wandb_files = [p for p in state_files if "wandb" in p.parts]
         report_html = [p for p in state_files if p.name == "report.html"]
@@ -111,6 +114,7 @@ def test_flow_run_leaks_no_secret(small_real_dataset, tmp_path, prefect_server, 
             "Prefect artifacts": [a.model_dump_json().encode() for a in artifacts],
             "S3 objects": [store.get_bytes(k)[0] for k in keys],
             "state dir (W&B run files, reports, logs)": [p.read_bytes() for p in state_files],
+            "SeaweedFS and Prefect server logs": [log.read_bytes() for log in service_logs],
             "webhook messages": receiver.raw,
         }
         leaks = {

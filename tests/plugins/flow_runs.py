@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from phase2.infra.processes import record_path, write_record
 from phase2.infra.settings import PROJECT_ROOT
 from tests.plugins.data import TINY_RECIPE
 
@@ -101,6 +102,8 @@ def start_flow(state: Path, env: dict[str, str], **parameters: Any) -> FlowProce
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+    # Recorded like every process we start, so a CI clean-up finds it if a test leaves it behind.
+    write_record(record_path(state.parent, output.stem), proc.pid, [sys.executable, "-c", "<phase2 flow: start_flow>"])
     return FlowProcess(proc, state, output)
 
 
