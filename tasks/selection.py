@@ -10,7 +10,6 @@ from phase2.infra.publishing import Markdown, Publication, Table, publish
 from phase2.infra.settings import configure_environment
 from phase2.runs import RunContext
 from phase2.training.fine_tune import FineTuneResult
-from phase2.training.recipe import resolve_imgsz
 from tasks import RETRIES, RETRY_DELAY_S
 from tasks.rebalance import DatasetVersion
 from tasks.validate import ValidationOutput
@@ -25,7 +24,7 @@ def select(
         trained.save_dir,
         dataset.data_yaml,
         ctx.recipe.selection,
-        imgsz=resolve_imgsz(ctx.recipe, validation.recommended_imgsz),
+        imgsz=validation.imgsz,
         out_dir=ctx.layout.stage_dir("selection"),
     )
     candidates = pd.read_csv(result.candidates_csv).to_dict(orient="records")

@@ -1,4 +1,8 @@
-"""Stage 1: validate the dataset (read-only) and stop the run on errors the recipe does not allow."""
+"""Stage 1: validate the dataset (read-only) and stop the run on errors the recipe does not allow.
+
+It also fixes the run's training size: a recipe's ``imgsz: native`` is resolved here, once, to the
+dataset's recommended size, before any size check; fine-tuning and selection use the same value
+(``ValidationOutput.imgsz``)."""
 
 from __future__ import annotations
 
@@ -7,16 +11,19 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel
 
-from phase2.dataset.validation import ensure_valid, validate_dataset
+from phase2.dataset.validation import ValidationReport, ensure_valid, validate_dataset
 from phase2.infra.publishing import Markdown, Publication, Table, publish
 from phase2.infra.settings import configure_environment, state_dir
 from phase2.runs import RunContext
+from phase2.training.recipe import Recipe, resolve_imgsz
 from tasks import RETRIES, RETRY_DELAY_S
 
 
 class ValidationOutput(BaseModel):
     report_json: Path
     summary_md: Path
+    # The size this run trains and evaluates at: the recipe's, or for "native" the recommended one.
+    imgsz: int
     recommended_imgsz: int | None
     native_side: int | None
     errors: int
@@ -25,19 +32,25 @@ class ValidationOutput(BaseModel):
     s3_uri: str | None
 
 
-@task(name="validate_dataset", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
-def validate(data: str, ctx: RunContext) -> ValidationOutput:
-    configure_environment()
-    recipe = ctx.recipe
-    report = validate_dataset(
-        Path(data),
-        imgsz=recipe.train.imgsz if isinstance(recipe.train.imgsz, int) else 640,
+def validate_for_recipe(data: Path, recipe: Recipe, cache_dir: Path | None = None) -> ValidationReport:
+    """The dataset validated as ``recipe`` will train on it: its classes, its minority target, and
+    its image size, where ``native`` is the dataset's recommended size (``report.imgsz``)."""
+    return validate_dataset(
+        data,
+        imgsz=recipe.train.imgsz if isinstance(recipe.train.imgsz, int) else None,  # None: native
         phash_threshold=recipe.validation.phash_threshold,
         expected_names=recipe.classes,
         minority_class=recipe.minority_class,
         minority_val_target=recipe.rebalance.targets.get(recipe.minority_class, 18),
-        cache_dir=state_dir() / "validation-cache",
+        cache_dir=cache_dir,
     )
+
+
+@task(name="validate_dataset", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
+def validate(data: str, ctx: RunContext) -> ValidationOutput:
+    configure_environment()
+    recipe = ctx.recipe
+    report = validate_for_recipe(Path(data), recipe, cache_dir=state_dir() / "validation-cache")
     paths = report.write(ctx.layout.stage_dir("validation"))
     uris = publish(
         ctx,
@@ -61,6 +74,7 @@ def validate(data: str, ctx: RunContext) -> ValidationOutput:
                 "validation/errors": len(report.errors()),
                 "validation/duplicate_groups": len(report.duplicate_groups),
                 "validation/recommended_imgsz": report.recommended_imgsz,
+                "validation/imgsz": report.imgsz,
             },
         ),
     )
@@ -71,6 +85,8 @@ def validate(data: str, ctx: RunContext) -> ValidationOutput:
     return ValidationOutput(
         report_json=paths["report.json"],
         summary_md=paths["summary.md"],
+        # "native" without a decodable image raises RecipeError here, naming the recipe.
+        imgsz=resolve_imgsz(recipe, report.recommended_imgsz),
         recommended_imgsz=report.recommended_imgsz,
         native_side=report.largest_native_side(),
         errors=len(report.errors()),

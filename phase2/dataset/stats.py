@@ -108,6 +108,11 @@ def native_sizes(files: pd.DataFrame) -> list[NativeSize]:
     return [NativeSize(width=int(w), height=int(h), images=int(n)) for (w, h), n in counts.items()]
 
 
+def largest_side(sizes: Sequence[NativeSize]) -> int | None:
+    """The longest side of any of these native sizes (None: there are none)."""
+    return max((max(s.width, s.height) for s in sizes), default=None)
+
+
 def recommended_imgsz(largest_side: int) -> int:
     """The smallest training size that covers the largest native side (a multiple of the model stride)."""
     return math.ceil(largest_side / MODEL_STRIDE) * MODEL_STRIDE

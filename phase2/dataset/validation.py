@@ -41,6 +41,7 @@ from phase2.dataset.stats import (
     NativeSize,
     SplitStats,
     class_stats,
+    largest_side,
     minority_stats,
     native_sizes,
     recommended_imgsz,
@@ -75,7 +76,9 @@ class DatasetInvalid(RuntimeError):
 class ValidationReport(BaseModel):
     data_yaml: Path
     dataset_root: Path | None
-    imgsz: int
+    # The training size the boxes were checked at; with ``imgsz=None`` ("native") the dataset's
+    # recommended size, None only when no image decoded (nothing to derive it from).
+    imgsz: int | None
     phash_threshold: int
     images_checked: bool
     class_names: list[str]
@@ -97,7 +100,7 @@ class ValidationReport(BaseModel):
 
     def largest_native_side(self) -> int | None:
         """The longest side of any image that decoded (None: no image was decoded)."""
-        return max((max(s.width, s.height) for s in self.native_sizes), default=None)
+        return largest_side(self.native_sizes)
 
     def files_table(self) -> pd.DataFrame:
         """One row per image (split, paths, size, format, hashes, instances, finding codes)."""
@@ -216,7 +219,7 @@ class _FactsCache:
 def validate_dataset(
     data_yaml: Path,
     *,
-    imgsz: int = 640,
+    imgsz: int | None = 640,
     phash_threshold: int = 4,
     min_box_px: float = 2.0,
     expected_names: Sequence[str] | None = None,
@@ -230,6 +233,8 @@ def validate_dataset(
     `expected_names` (the recipe's classes, in order) must equal data.yaml's names; None checks
     only data.yaml's own consistency. `minority_class` (None: none) gets its val instances counted
     against `minority_val_target`.
+    `imgsz` is the training size the boxes are checked at; None means the recipe's ``native``: the
+    recommended size derived here from the images' native sizes (then ``report.imgsz`` is it).
     `check_images=False` is the label-only path: no decoding, hashing or duplicate search.
     `cache_dir` (e.g. the state dir, never the dataset) keeps each image's decode results keyed by
     its content sha256, so a re-run reads and hashes every image but decodes only new content.
@@ -317,11 +322,16 @@ def validate_dataset(
     owner = files.iloc[np.repeat(np.arange(len(files)), files["instances"].to_numpy(dtype=np.int64))]
     for column in ("split", "image", "label", "width", "height"):
         boxes[column] = owner[column].to_numpy()
+    sizes = native_sizes(files)
+    if imgsz is None and (largest := largest_side(sizes)) is not None:
+        imgsz = recommended_imgsz(largest)  # native: the size training will use, before any check uses it
     # Pixels at the training imgsz: Ultralytics letterboxes the longer side to imgsz. Without
-    # native sizes (label-only) assume a square image: an upper bound, so flags stay true.
+    # native sizes (label-only) assume a square image: an upper bound, so flags stay true. An
+    # unresolvable "native" (no image decoded) checks nothing: NaN compares false.
+    size = float("nan") if imgsz is None else float(imgsz)
     longer = boxes[["width", "height"]].max(axis=1).astype(float)
-    scale_w = (boxes["width"].astype(float) * imgsz / longer).fillna(imgsz)
-    scale_h = (boxes["height"].astype(float) * imgsz / longer).fillna(imgsz)
+    scale_w = (boxes["width"].astype(float) * size / longer).fillna(size)
+    scale_h = (boxes["height"].astype(float) * size / longer).fillna(size)
     boxes["w_px"], boxes["h_px"] = boxes["w"] * scale_w, boxes["h"] * scale_h
     boxes["w_native"], boxes["h_native"] = boxes["w"] * boxes["width"], boxes["h"] * boxes["height"]
     tiny = boxes[(boxes["w_px"] < min_box_px) | (boxes["h_px"] < min_box_px)]
@@ -347,7 +357,7 @@ def validate_dataset(
     report.splits = split_stats(images, files)
     report.classes = class_stats(images, boxes, config.names)
     report.duplicate_groups = duplicate_groups
-    report.native_sizes = native_sizes(files)
+    report.native_sizes = sizes
     largest = report.largest_native_side()
     if largest is not None:
         _size_advice(report, largest)
@@ -366,7 +376,7 @@ def validate_dataset(
 
 
 def _empty_report(
-    data_yaml: Path, imgsz: int, phash_threshold: int, check_images: bool, findings: list[Finding]
+    data_yaml: Path, imgsz: int | None, phash_threshold: int, check_images: bool, findings: list[Finding]
 ) -> ValidationReport:
     return ValidationReport(
         data_yaml=data_yaml,
@@ -439,8 +449,9 @@ def _duplicate_finding(group: DuplicateGroup) -> Finding:
 def _size_advice(report: ValidationReport, largest: int) -> None:
     recommended = recommended_imgsz(largest)
     report.recommended_imgsz = recommended
-    report.compute_saved_fraction = saved = round(max(0.0, 1 - (recommended / report.imgsz) ** 2), 4)
-    if recommended < report.imgsz:
+    trains_at = report.imgsz or recommended
+    report.compute_saved_fraction = saved = round(max(0.0, 1 - (recommended / trains_at) ** 2), 4)
+    if recommended < trains_at:
         report.findings.append(
             Finding.of(
                 "IMGSZ_ABOVE_NATIVE",
