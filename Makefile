@@ -27,7 +27,8 @@ test: venv
 test-all: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## faults, bad inputs, secrets, load (slow tests included); writes docs/reliability.md
+## faults, bad inputs, secrets, load (slow tests included); writes docs/reliability.md from the test
+## outcomes and fails if a row listed in tests/reliability_rows.yaml is FAIL, error or MISSING
 reliability: venv
 	PHASE2_WRITE_RELIABILITY_TABLE=1 $(BIN)/python -m pytest -m "slow or not slow" \
 	  tests/infra/test_reliability.py tests/infra/test_security.py tests/registry/test_load.py \
