@@ -196,3 +196,9 @@ def evaluate_checkpoint(
         per_class_csv=per_class_csv,
         **plots,
     )
+
+
+def dataset_view(data_yaml: Path, split: str, view: Path) -> Path:
+    """The read-only-safe view of one split that :func:`evaluate_checkpoint` validates through
+    (image symlinks and label copies under ``view``); returns the view's data.yaml."""
+    return _dataset_view(data_yaml, split, view)
