@@ -29,7 +29,7 @@ class DuplicateGroup(BaseModel):
 
 def _hash_images(paths: list[Path | str]) -> dict[Path | str, tuple[str | None, int | None]]:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = inspect_images([os.fspath(p) for p in paths], None, pool)()[0]
+        results = inspect_images([os.fspath(p) for p in paths], pool)()[0]
     return {p: (r.sha256, r.phash) for p, r in zip(paths, results, strict=True)}
 
 

@@ -34,7 +34,12 @@ CODES: dict[str, tuple[Severity, str]] = {
         Severity.warning,
         "make 'path:' absolute or remove it (then paths resolve against the yaml's folder)",
     ),
-    "YAML_PATH_ESCAPES_ROOT": (Severity.error, "keep every split inside the dataset root (no '..' out of it)"),
+    # The three path codes are errors under the worker setting PHASE2_DATA_ROOTS (paths outside its roots
+    # are refused, not read) and warnings without it (a user's own machine: outside the yaml's folder).
+    "YAML_PATH_ESCAPES_ROOT": (
+        Severity.error,
+        "put the dataset under one of the worker's PHASE2_DATA_ROOTS, or add its folder to that setting",
+    ),
     "SPLIT_MISSING": (Severity.error, "create the folder/list or fix the split path in data.yaml"),
     # The finding itself lists the formats (Ultralytics' IMG_FORMATS, known only once it is imported).
     "SPLIT_EMPTY": (Severity.error, "put images in the split (a format Ultralytics reads)"),
@@ -47,8 +52,14 @@ CODES: dict[str, tuple[Severity, str]] = {
         Severity.warning,
         "start relative entries with './' (relative to the list) or use absolute paths",
     ),
-    "IMG_OUTSIDE_ROOT": (Severity.error, "copy the image into the dataset root and list it from there"),
-    "IMG_SYMLINK_ESCAPES": (Severity.error, "replace the symlink by a copy of the file inside the dataset root"),
+    "IMG_OUTSIDE_ROOT": (
+        Severity.error,
+        "put the images under one of the worker's PHASE2_DATA_ROOTS, or add their folder to that setting",
+    ),
+    "IMG_SYMLINK_ESCAPES": (
+        Severity.error,
+        "replace the symlink by a copy under PHASE2_DATA_ROOTS, or add its target's folder to that setting",
+    ),
     "IMG_MISSING": (Severity.error, "remove the entry from the split list or restore the image"),
     "IMG_UNREADABLE": (Severity.error, "make the file readable (permissions) or remove it"),
     "IMG_EMPTY": (Severity.error, "remove the zero-byte file or replace it with the real image"),
@@ -77,16 +88,22 @@ CODES: dict[str, tuple[Severity, str]] = {
     "LBL_BOX_OUTSIDE": (Severity.error, "clip the box to the image"),
     "LBL_SEGMENT": (
         Severity.error,
-        "convert polygons explicitly with convert_segment_labels() into a copy, or label boxes",
+        "write a copy with box labels: phase2 convert-segments DATA_YAML --out NEW_DIR, then use NEW_DIR/data.yaml",
     ),
     "LBL_MIXED_FORMATS": (Severity.error, "use one format per file: all boxes or all polygons"),
     "LBL_DUPLICATE_ROW": (Severity.warning, "delete the repeated row (Ultralytics drops it silently)"),
     "LBL_BOX_TINY": (Severity.warning, "train at a larger imgsz, or drop boxes too small to learn"),
-    "DUP_CROSS_SPLIT": (Severity.error, "keep each photograph in exactly one split (the rebalance step can do it)"),
+    "DUP_CROSS_SPLIT": (
+        Severity.error,
+        "keep each photograph in one split: phase2 rebalance DATA_YAML --target CLASS=N --out NEW_DIR does it",
+    ),
     "DUP_EXACT_WITHIN": (Severity.warning, "delete the extra copies: they over-weight one photograph"),
     "DUP_NEAR_WITHIN": (Severity.info, "check whether these near-identical images should all stay"),
     "IMGSZ_ABOVE_NATIVE": (Severity.warning, "train at the recommended imgsz: larger only upsamples the images"),
-    "MINORITY_VAL_SHORTFALL": (Severity.warning, "move minority-class images into val (rebalance) to reach the target"),
+    "MINORITY_VAL_SHORTFALL": (
+        Severity.warning,
+        "move minority-class images into val: phase2 rebalance DATA_YAML --target CLASS=N --out NEW_DIR",
+    ),
 }
 
 
@@ -100,13 +117,19 @@ class Finding(BaseModel):
 
     @classmethod
     def of(
-        cls, code: str, file: Path | str | None, message: str, line: int | None = None, fix: str | None = None
+        cls,
+        code: str,
+        file: Path | str | None,
+        message: str,
+        line: int | None = None,
+        fix: str | None = None,
+        severity: Severity | None = None,
     ) -> Finding:
-        """A finding of a known code: its severity and (unless given) its fix come from CODES."""
-        severity, default_fix = CODES[code]
+        """A finding of a known code: its severity and fix come from CODES unless given."""
+        default_severity, default_fix = CODES[code]
         return cls(
             code=code,
-            severity=severity,
+            severity=severity or default_severity,
             file=None if file is None else str(file),
             line=line,
             message=message,

@@ -15,7 +15,6 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
@@ -24,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from phase2.dataset.findings import Finding
 from phase2.dataset.labels import ParsedLabel, parse_label
-from phase2.dataset.layout import image_formats, is_within
+from phase2.dataset.layout import image_formats
 from phase2.infra.files import sha256_bytes
 
 PHASH_SIDE = 32  # imagehash.phash: hash_size 8 x highfreq_factor 4
@@ -79,15 +78,11 @@ def _pil_open() -> Callable[..., Any]:
     return patches._image_open
 
 
-def inspect_image(path: str, root: Path | None, known: dict[str, ImageFacts] | None = None) -> ImageResult:
-    """Read once: sha256 of the bytes; decode facts from `known` (by content hash) or by decoding."""
+def inspect_image(path: str, known: dict[str, ImageFacts] | None = None) -> ImageResult:
+    """Read once: sha256 of the bytes; decode facts from `known` (by content hash) or by decoding.
+    Whether the path may be read at all (PHASE2_DATA_ROOTS) is decided before, by the layout."""
     result = ImageResult()
     add = result.findings.append
-    if root is not None:
-        if not is_within(os.path.abspath(path), root):
-            add(Finding.of("IMG_OUTSIDE_ROOT", path, f"image is outside the dataset root {root}"))
-        elif not is_within(real := _realpath(path), _realdir(str(root))):
-            add(Finding.of("IMG_SYMLINK_ESCAPES", path, f"symlink points outside the dataset root: {real}"))
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -118,20 +113,6 @@ def inspect_image(path: str, root: Path | None, known: dict[str, ImageFacts] | N
     if facts["format"] and ext not in PIL_FORMAT_EXTENSIONS.get(facts["format"], {ext}):
         add(Finding.of("IMG_EXT_MISMATCH", path, f"extension .{ext} but content is {facts['format']}"))
     return result
-
-
-@functools.lru_cache(maxsize=4096)
-def _realdir(directory: str) -> str:
-    return os.path.realpath(directory)
-
-
-def _realpath(path: str) -> str:
-    """os.path.realpath with the directory part cached: one lstat per image instead of one per
-    path component (the images of a split share a handful of directories)."""
-    if os.path.islink(path):
-        return os.path.realpath(path)
-    directory, name = os.path.split(os.path.abspath(path))
-    return os.path.join(_realdir(directory), name)
 
 
 def decode_image(data: bytes) -> tuple[ImageFacts, np.ndarray | None]:
@@ -285,7 +266,6 @@ def _chunks(items: list[str], n: int) -> list[list[str]]:
 
 def inspect_images(
     paths: list[str],
-    root: Path | None,
     pool: ThreadPoolExecutor,
     known: dict[str, ImageFacts] | None = None,
     labels: Sequence[str] = (),
@@ -302,7 +282,7 @@ def inspect_images(
     label_futures: list[Future[list[ParsedLabel]]] = []
     for image_chunk, label_chunk in itertools.zip_longest(_chunks(paths, n_chunks), _chunks(list(labels), n_chunks)):
         if image_chunk:
-            image_futures.append(pool.submit(lambda chunk: [inspect_image(p, root, known) for p in chunk], image_chunk))
+            image_futures.append(pool.submit(lambda chunk: [inspect_image(p, known) for p in chunk], image_chunk))
         if label_chunk:
             label_futures.append(pool.submit(lambda chunk: [parse_label(p, nc) for p in chunk], label_chunk))
 

@@ -21,8 +21,15 @@ from typing import Any
 import yaml
 
 from phase2.dataset.findings import CODES, Finding, Severity
+from phase2.infra.settings import state_dir
 
 SPLITS = ("train", "val", "test")
+# A worker setting: the folders (os.pathsep-separated) a flow run may read datasets from. Set, every
+# resolved list, image and label path must lie inside one of them (symlinks followed, whatever
+# `path:` says) or it is refused unread; unset (a user's own machine), anything that exists is read.
+DATA_ROOTS_ENV = "PHASE2_DATA_ROOTS"
+_OUTSIDE_CODES = ("YAML_PATH_ESCAPES_ROOT", "IMG_OUTSIDE_ROOT", "IMG_SYMLINK_ESCAPES")
+_LOCAL_FIX = f"nothing to do on this machine; a shared worker reads it only if it lies under its {DATA_ROOTS_ENV}"
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster where available
 _IMAGES_DIR, _LABELS_DIR = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
@@ -83,6 +90,8 @@ class DatasetConfig:
     root: Path | None = None
     splits: dict[str, list[str]] = field(default_factory=dict)  # str, not Path: 100k Paths cost ~1 s
     findings: list[Finding] = field(default_factory=list)
+    roots: tuple[str, ...] = ()  # PHASE2_DATA_ROOTS (real paths) it was resolved under; () = unrestricted
+    refused: set[str] = field(default_factory=set)  # images (or their labels) outside the roots: never read
 
     def add(
         self,
@@ -93,11 +102,12 @@ class DatasetConfig:
         file: Path | str | None = None,
         line: int | None = None,
         fix: str | None = None,
+        severity: Severity | None = None,
     ) -> None:
         """A finding in data.yaml at the line of `key`, or in another `file` at `line`."""
         if file is None:
             file, line = self.data_yaml, self.key_lines.get(key) if key else None
-        self.findings.append(Finding.of(code, file, message, line, fix))
+        self.findings.append(Finding.of(code, file, message, line, fix, severity))
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -111,9 +121,13 @@ def _key_lines(text: str) -> dict[str, int]:
     return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
 
 
-def load_data_yaml(data_yaml: Path) -> DatasetConfig:
-    """Read data.yaml and check its keys' types; raises DatasetConfigError when it can't be used at all."""
+def load_data_yaml(data_yaml: Path, roots: Sequence[str] | None = None) -> DatasetConfig:
+    """Read data.yaml and check its keys' types; raises DatasetConfigError when it can't be used at all
+    (or lies outside `roots`, None: the PHASE2_DATA_ROOTS setting)."""
     data_yaml = Path(data_yaml)
+    roots = data_roots() if roots is None else roots
+    if not inside_roots(data_yaml, roots):
+        raise DatasetConfigError("YAML_PATH_ESCAPES_ROOT", data_yaml, f"outside {_roots_text(roots)}; not read")
     if data_yaml.suffix.lower() not in {".yaml", ".yml"} or not data_yaml.is_file():
         raise DatasetConfigError("YAML_UNREADABLE", data_yaml, "not an existing .yaml/.yml file")
     try:
@@ -218,13 +232,83 @@ def is_within(path: str | Path, root: str | Path) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def data_roots(setting: str | None = None) -> tuple[str, ...]:
+    """The PHASE2_DATA_ROOTS setting (or `setting`) as real absolute paths; () when unset or empty.
+    When set, the state dir is one of them: a run reads the dataset version it wrote there."""
+    raw = os.environ.get(DATA_ROOTS_ENV, "") if setting is None else setting
+    roots = [p.strip() for p in raw.split(os.pathsep) if p.strip()]
+    return tuple(os.path.realpath(p) for p in roots + [str(state_dir())]) if roots else ()
+
+
+@functools.lru_cache(maxsize=4096)
+def _realdir(directory: str) -> str:
+    return os.path.realpath(directory)
+
+
+def real_path(path: str | Path) -> str:
+    """os.path.realpath with the directory part cached: one lstat per file instead of one per path
+    component (the images of a split share a handful of directories)."""
+    path = os.fspath(path)
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(_realdir(directory), name)
+
+
+def inside_roots(path: str | Path, roots: Sequence[str]) -> bool:
+    """Whether `path`, symlinks followed, lies inside one of `roots` (always True without roots)."""
+    if not roots:
+        return True
+    real = real_path(path)
+    return any(is_within(real, root) for root in roots)
+
+
+def _roots_text(roots: Sequence[str]) -> str:
+    return f"{DATA_ROOTS_ENV}={os.pathsep.join(roots)}"
+
+
 def _has_image_extension(path: str) -> bool:
     return path.rpartition(".")[-1].lower() in image_formats()
 
 
-def resolve_splits(config: DatasetConfig) -> None:
-    """Fill config.root/splits like check_det_dataset + get_img_files; problems become findings."""
+def _check_images_within(config: DatasetConfig, split: str, images: list[str], source: Path) -> None:
+    """Under PHASE2_DATA_ROOTS: refuse (one error each) images, or their labels, outside the roots.
+    Without it: one warning for the images that `source` (inside the yaml's folder) lists outside it."""
+    if config.roots:
+        for image in images:
+            label = label_path_str(image)
+            if not inside_roots(image, config.roots):
+                lexical = any(is_within(os.path.abspath(image), r) for r in config.roots)
+                code = "IMG_SYMLINK_ESCAPES" if lexical else "IMG_OUTSIDE_ROOT"
+                what = f"symlink to {real_path(image)}" if lexical else "image"
+                config.add(code, f"{what} is outside {_roots_text(config.roots)}; not read", file=image)
+                config.refused.add(image)
+            elif not inside_roots(label, config.roots):
+                config.add("IMG_OUTSIDE_ROOT", f"label is outside {_roots_text(config.roots)}; not read", file=label)
+                config.refused.add(image)
+        return
+    folder = str(config.data_yaml.resolve().parent)
+    outside = [image for image in images if not is_within(os.path.abspath(image), folder)]
+    if outside:
+        config.add(
+            "IMG_OUTSIDE_ROOT",
+            f"{len(outside)} of the {len(images)} {split} images lie outside the yaml's folder {folder} "
+            f"(first: {outside[0]})",
+            file=source,
+            fix=_LOCAL_FIX,
+            severity=Severity.warning,
+        )
+
+
+def resolve_splits(config: DatasetConfig, roots: Sequence[str] | None = None) -> None:
+    """Fill config.root/splits like check_det_dataset + get_img_files; problems become findings.
+
+    `roots` (None: the PHASE2_DATA_ROOTS setting) are the only folders it may read from; paths
+    outside them are errors and are not read. Without roots, paths outside the yaml's folder are
+    warnings (Ultralytics reads them)."""
     meta, file, add = config.meta, config.data_yaml, config.add
+    config.roots = data_roots() if roots is None else tuple(roots)
+    folder = str(file.resolve().parent)
     if meta.get("path"):
         root = Path(meta["path"])
         if not root.is_absolute():
@@ -254,15 +338,27 @@ def resolve_splits(config: DatasetConfig) -> None:
         images: list[str] = []
         missing = False
         for target in targets:
-            if not is_within(target, root):
-                add("YAML_PATH_ESCAPES_ROOT", f"{split} path {target} is outside the dataset root {root}", split)
+            if not inside_roots(target, config.roots):
+                message = f"{split} path {target} is outside {_roots_text(config.roots)}; not read"
+                add("YAML_PATH_ESCAPES_ROOT", message, split)
+                missing = True
+                continue
+            outside_folder = not is_within(target, folder)
+            if not config.roots and outside_folder:
+                message = f"{split} path {target} is outside the yaml's folder {folder}"
+                add("YAML_PATH_ESCAPES_ROOT", message, split, fix=_LOCAL_FIX, severity=Severity.warning)
             if target.is_dir():
-                images += glob.glob(str(Path(glob.escape(str(target))) / "**" / "*.*"), recursive=True)
+                found = glob.glob(str(Path(glob.escape(str(target))) / "**" / "*.*"), recursive=True)
             elif target.is_file():
-                images += _read_image_list(target, split, config)
+                found = _read_image_list(target, split, config)
             else:
                 add("SPLIT_MISSING", f"{split}: {target} does not exist", split)
                 missing = True
+                continue
+            found = [x for x in found if _has_image_extension(x)]
+            if config.roots or (target.is_file() and not outside_folder):
+                _check_images_within(config, split, found, target)
+            images += found
         kept = sorted(x for x in images if _has_image_extension(x))
         if not kept and not missing:
             add(
@@ -311,7 +407,11 @@ def resolve_split_images(data_yaml: Path) -> dict[str, list[Path]]:
     """
     config = load_data_yaml(Path(data_yaml))
     resolve_splits(config)
-    fatal = [f for f in config.findings if f.code.startswith("SPLIT_") and f.severity == Severity.error]
+    fatal = [
+        f
+        for f in config.findings
+        if (f.code.startswith("SPLIT_") or f.code in _OUTSIDE_CODES) and f.severity == Severity.error
+    ]
     if fatal:
         raise DatasetConfigError.from_finding(fatal[0])
     return {split: [Path(p) for p in paths] for split, paths in config.splits.items()}

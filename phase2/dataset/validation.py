@@ -35,6 +35,7 @@ from phase2.dataset.layout import (
     resolve_splits,
     split_order,
 )
+from phase2.dataset.layout import data_roots as layout_data_roots
 from phase2.dataset.stats import (
     ClassStats,
     MinorityStats,
@@ -106,13 +107,22 @@ class ValidationReport(BaseModel):
         """One row per image (split, paths, size, format, hashes, instances, finding codes)."""
         return self._files if self._files is not None else pd.DataFrame(columns=list(FILE_COLUMNS))
 
-    def summary_markdown(self, top: int = 20) -> str:
-        counts = Counter((f.severity.value, f.code) for f in self.findings)
+    def finding_groups(self) -> list[tuple[Finding, int]]:
+        """Findings grouped by severity, code and fix (messages carry per-file details): each group's
+        first finding and its size, errors first, then the largest groups."""
+        groups: dict[tuple[str, str, str], list[Finding]] = {}
+        for f in self.findings:
+            groups.setdefault((f.severity.value, f.code, f.fix), []).append(f)
+        order = list(Severity)
+        ranked = sorted(groups.values(), key=lambda g: (order.index(g[0].severity), -len(g), g[0].code))
+        return [(g[0], len(g)) for g in ranked]
+
+    def summary_markdown(self) -> str:
+        counts = Counter(f.severity for f in self.findings)
         lines = [
             f"# Dataset validation: `{self.data_yaml}`",
             "",
-            f"**{len(self.errors())} errors, {len(self.warnings())} warnings**, "
-            f"{sum(c for (s, _), c in counts.items() if s == 'info')} info.",
+            f"**{counts[Severity.error]} errors, {counts[Severity.warning]} warnings**, {counts[Severity.info]} info.",
             "",
             "| split | images | labelled | background | instances | per image |",
             "|---|---:|---:|---:|---:|---:|",
@@ -145,14 +155,21 @@ class ValidationReport(BaseModel):
             ]
         cross = [g for g in self.duplicate_groups if g.cross_split]
         lines += ["", f"Duplicate groups: {len(self.duplicate_groups)} ({len(cross)} spanning splits)."]
-        lines += ["", "| code | severity | count |", "|---|---|---:|"]
-        lines += [f"| {code} | {sev} | {n} |" for (sev, code), n in sorted(counts.items())]
-        ranked = sorted(self.findings, key=lambda f: list(Severity).index(f.severity))[:top]
-        if ranked:
-            lines += ["", "## Top findings", "", "| severity | code | where | message | fix |", "|---|---|---|---|---|"]
+        groups = self.finding_groups()
+        if groups:
             lines += [
-                f"| {f.severity} | {f.code} | `{f.location()}` | {_md(f.message)} | {_md(f.fix)} |" for f in ranked
+                "",
+                "## Findings (grouped by code; `--json` lists every one)",
+                "",
+                "| severity | code | count | first example | message | fix |",
+                "|---|---|---:|---|---|---|",
             ]
+            for first, n in groups:
+                more = f" ({n - 1} more — see --json for all)" if n > 1 else ""
+                lines.append(
+                    f"| {first.severity} | {first.code} | {n} | `{first.location()}`{more} | {_md(first.message)} "
+                    f"| {_md(first.fix)} |"
+                )
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: Path) -> dict[str, Path]:
@@ -227,6 +244,7 @@ def validate_dataset(
     minority_val_target: int = 18,
     check_images: bool = True,
     cache_dir: Path | None = None,
+    data_roots: Sequence[str | Path] | None = None,
 ) -> ValidationReport:
     """Validate data.yaml, images, labels, duplicates and statistics; never writes in the dataset.
 
@@ -238,14 +256,18 @@ def validate_dataset(
     `check_images=False` is the label-only path: no decoding, hashing or duplicate search.
     `cache_dir` (e.g. the state dir, never the dataset) keeps each image's decode results keyed by
     its content sha256, so a re-run reads and hashes every image but decodes only new content.
+    `data_roots` (None: the worker setting PHASE2_DATA_ROOTS; empty: none) are the only folders
+    read: lists, images and labels outside them are errors and stay unread. Without roots, paths
+    outside the yaml's folder are warnings.
     """
     data_yaml = Path(data_yaml)
+    roots = layout_data_roots() if data_roots is None else tuple(os.path.realpath(r) for r in data_roots)
     try:
-        config = load_data_yaml(data_yaml)
+        config = load_data_yaml(data_yaml, roots)
     except DatasetConfigError as e:
         return _empty_report(data_yaml, imgsz, phash_threshold, check_images, [e.finding()])
     check_names(config, expected_names)
-    resolve_splits(config)
+    resolve_splits(config, roots)
     findings = config.findings
     nc = len(config.names)
     images = config.splits
@@ -253,26 +275,30 @@ def validate_dataset(
     all_paths = sorted({p for ps in images.values() for p in ps})
     label_of = {image: label_path_str(image) for image in all_paths}
     entries = [(split, image) for split, paths in images.items() for image in paths]
+    readable = [p for p in all_paths if p not in config.refused]  # outside PHASE2_DATA_ROOTS: never opened
+    refused = ParsedLabel("invalid")
     image_results: dict[str, ImageResult] = {}
-    if check_images and all_paths:
+    if check_images and readable:
         cache = _FactsCache(cache_dir) if cache_dir is not None else None
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             collected_images, collected_labels = inspect_images(
-                all_paths, config.root, pool, cache.facts if cache else None, [label_of[i] for i in all_paths], nc
+                readable, pool, cache.facts if cache else None, [label_of[i] for i in readable], nc
             )()
-        image_results = dict(zip(all_paths, collected_images, strict=True))
-        label_result = dict(zip(all_paths, collected_labels, strict=True))
-        label_results = [label_result[image] for _, image in entries]
+        image_results = dict(zip(readable, collected_images, strict=True))
+        label_result = dict(zip(readable, collected_labels, strict=True))
+        label_results = [label_result.get(image, refused) for _, image in entries]
         if cache:
             cache.save(list(image_results.values()))
     else:  # label-only: serial (pure Python, threads would only contend for the GIL)
-        label_results = [parse_label(label_of[image], nc) for _, image in entries]
+        label_results = [
+            refused if image in config.refused else parse_label(label_of[image], nc) for _, image in entries
+        ]
     states, label_findings, box_counts, box_array = _label_arrays(label_results)
     for found in label_findings:
         findings.extend(found)
     for result in image_results.values():
         findings.extend(result.findings)
-    findings.extend(_orphan_labels(set(label_of.values())))
+    findings.extend(_orphan_labels({label_of[image] for image in readable}))
 
     not_checked = ImageResult()  # label-only path: one shared empty result
     file_rows = []

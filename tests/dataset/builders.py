@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +62,12 @@ def yaml_line(root: Path, key: str) -> int:
     return next(
         i for i, line in enumerate((root / "data.yaml").read_text().splitlines(), 1) if line.startswith(f"{key}:")
     )
+
+
+def phase2(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed `phase2` command in a subprocess, run from `cwd` with its own state dir (plus `env`;
+    PHASE2_DATA_ROOTS only when given)."""
+    environ = {k: v for k, v in os.environ.items() if k != "PHASE2_DATA_ROOTS"}
+    environ |= {"PHASE2_STATE_DIR": str(cwd / ".phase2-state")} | env
+    command = [str(Path(sys.executable).with_name("phase2")), *args]
+    return subprocess.run(command, cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)

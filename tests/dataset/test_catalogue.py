@@ -153,6 +153,11 @@ def img_outside_root(root):
     return outside, None
 
 
+def img_listed_outside_folder(root):
+    img_outside_root(root)
+    return root / "test.txt", None
+
+
 def img_symlink_escapes(root):
     outside = noise_jpeg(root.parent / f"{root.name}-linked" / "linked.jpg", 78)
     link = root / "train" / "images" / "linked.jpg"
@@ -292,6 +297,9 @@ def dup_near_within(root):
     return root / "train" / "images" / "train0.jpg", None
 
 
+# A shared worker's setting: PHASE2_DATA_ROOTS is the dataset root (resolved per case).
+WORKER = {"data_roots": lambda root: [root]}
+
 CASES: dict[str, tuple[str, Callable[[Path], tuple[Path, int | None]], dict]] = {
     "yaml syntax error": ("YAML_PARSE", yaml_parse, {}),
     "yaml is a list": ("YAML_NOT_MAPPING", yaml_not_mapping, {}),
@@ -306,14 +314,20 @@ CASES: dict[str, tuple[str, Callable[[Path], tuple[Path, int | None]], dict]] = 
     "repeated class name": ("YAML_NAMES_DUPLICATE", yaml_names_duplicate, {}),
     "classes in the wrong order": ("YAML_NAMES_EXPECTED", yaml_names_expected, {}),
     "relative path: key": ("YAML_PATH_RELATIVE", yaml_path_relative, {}),
-    "split outside the root": ("YAML_PATH_ESCAPES_ROOT", yaml_path_escapes_root, {}),
+    "split outside PHASE2_DATA_ROOTS": ("YAML_PATH_ESCAPES_ROOT", yaml_path_escapes_root, WORKER),
+    "split outside the yaml's folder, no PHASE2_DATA_ROOTS": ("YAML_PATH_ESCAPES_ROOT", yaml_path_escapes_root, {}),
     "split folder missing": ("SPLIT_MISSING", split_missing, {}),
     "split folder empty": ("SPLIT_EMPTY", split_empty, {}),
     "split list not UTF-8": ("SPLIT_LIST_UNREADABLE", split_list_unreadable, {}),
     "split list entry ignored": ("SPLIT_LIST_ENTRY_IGNORED", split_list_entry_ignored, {}),
     "split list cwd-relative entry": ("SPLIT_LIST_CWD_RELATIVE", split_list_cwd_relative, {}),
-    "listed image outside root": ("IMG_OUTSIDE_ROOT", img_outside_root, {}),
-    "symlink leaving the root": ("IMG_SYMLINK_ESCAPES", img_symlink_escapes, {}),
+    "listed image outside PHASE2_DATA_ROOTS": ("IMG_OUTSIDE_ROOT", img_outside_root, WORKER),
+    "listed image outside the yaml's folder, no PHASE2_DATA_ROOTS": (
+        "IMG_OUTSIDE_ROOT",
+        img_listed_outside_folder,
+        {},
+    ),
+    "symlink leaving PHASE2_DATA_ROOTS": ("IMG_SYMLINK_ESCAPES", img_symlink_escapes, WORKER),
     "listed image missing": ("IMG_MISSING", img_missing, {}),
     "image unreadable": ("IMG_UNREADABLE", img_unreadable, {}),
     "zero-byte image": ("IMG_EMPTY", img_empty, {}),
@@ -370,6 +384,7 @@ def run(data_yaml: Path, **overrides):
         "expected_names": CLASS_NAMES,
         "minority_class": MINORITY_CLASS,
         "minority_val_target": 0,
+        "data_roots": (),  # a user's own machine, whatever the environment running the tests says
     }
     return validate_dataset(data_yaml, **(defaults | overrides))
 
@@ -388,7 +403,7 @@ def test_defect_produces_its_code_with_file_and_line(tmp_path, name, reliability
     file, line = apply(root)
     data_yaml = root / "data.yaml" if (root / "data.yaml").exists() else root / "data.json"
     before = checksums(root)
-    report = run(data_yaml, **overrides)
+    report = run(data_yaml, **{k: v(root) if callable(v) else v for k, v in overrides.items()})
     assert checksums(root) == before, "the validator must not write inside the dataset"
     hits = [f for f in report.findings if f.code == code]
     assert hits, f"{name}: expected {code}, got {[(f.code, f.file, f.line) for f in report.findings]}"
