@@ -16,7 +16,7 @@ from pathlib import Path
 
 from phase2.infra.files import atomic_write_bytes
 from phase2.infra.settings import configure_environment, state_dir
-from phase2.runs import flow_run_summary_path
+from phase2.runs import RunLayout, flow_run_summary_path
 
 
 def prepare_demo(root: Path | None = None) -> tuple[Path, Path]:
@@ -78,4 +78,38 @@ def trigger_training(
     if result_file.is_file():
         summary.update(json.loads(result_file.read_text()))
     summary["prefect_ui"] = env.get("PREFECT_API_URL", "").removesuffix("/api") + f"/runs/flow-run/{flow_run_id}"
+    summary["state_dir"] = env["PHASE2_STATE_DIR"]
     return summary
+
+
+# What a person needs after a run, in order; links into the stack only while it is still up.
+_OUTCOME_KEYS = ("state", "status", "reason", "model", "promoted", "selected", "val_mAP50", "dataset_version")
+_STACK_KEYS = ("prefect_ui", "report", "manifest", "run_uri", "s3_prefix")
+
+
+def run_summary(summary: dict[str, object], *, stack_up: bool) -> str:
+    """The end of `phase2 run` / `make run`: the outcome, the local report and run folder, and how
+    to browse the run. S3 objects and the Prefect UI are listed only when the stack is still up
+    (`stack_up`); otherwise it says how to bring it back (`make up`)."""
+    rows: list[tuple[str, object]] = [(k, summary[k]) for k in _OUTCOME_KEYS if summary.get(k) is not None]
+    run_key = summary.get("run_key")
+    if run_key:
+        layout = RunLayout.for_run(str(run_key), Path(str(summary.get("state_dir") or state_dir())))
+        report = layout.report_html
+        rows.append(
+            ("report (local)", report if report.is_file() else f"{report} (not written: the run stopped early)")
+        )
+        rows.append(("run folder", layout.root))
+    if summary.get("wandb_run"):
+        rows.append(("wandb run", summary["wandb_run"]))
+    if stack_up:
+        rows += [(k, summary[k]) for k in _STACK_KEYS if summary.get(k)]
+    lines = [f"{k:>16}: {v}" for k, v in rows]
+    if stack_up:
+        lines.append("The stack is still up: browse the run in the Prefect UI above; `make down` stops it.")
+    else:
+        lines.append(
+            "The stack this command started is stopped. To browse the run (Prefect UI, models, S3 objects): "
+            "`make up` (or `phase2 up`), then `phase2 status` for the UI address and `phase2 models list`."
+        )
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,6 +102,46 @@ def resolve_run(run: str, state: Path | None = None) -> RunLayout:
         f"{run!r}: neither a run key in {pipeline} nor a flow run id with a summary in "
         f"{pipeline / FLOW_RUNS_DIR}; pass the run key printed by `phase2 run` or the flow run id"
     )
+
+
+class PastRun(BaseModel):
+    """One run of the pipeline in this state dir, as ``phase2 runs`` lists it."""
+
+    run_key: str
+    finished_at: str | None = None  # when its summary was written; None while running or after a crash
+    status: str
+    model: str | None = None
+    promoted: bool | None = None
+    report: Path | None = None
+
+
+def list_runs(state: Path | None = None) -> list[PastRun]:
+    """The runs under ``<state>/pipeline``, newest first (a run without a summary did not finish)."""
+    pipeline = Path(state or state_dir()).resolve() / PIPELINE_DIR
+    runs = []
+    for folder in pipeline.iterdir() if pipeline.is_dir() else []:
+        if folder.name == FLOW_RUNS_DIR or not folder.is_dir() or not _RUN_NAME.fullmatch(folder.name):
+            continue
+        layout = RunLayout.for_run(folder.name, state)
+        try:
+            summary = json.loads(layout.summary_json.read_text())
+            written = layout.summary_json.stat().st_mtime
+        except (OSError, ValueError):
+            summary, written = {}, folder.stat().st_mtime
+        runs.append(
+            (
+                written,
+                PastRun(
+                    run_key=folder.name,
+                    finished_at=datetime.fromtimestamp(written, UTC).isoformat(timespec="seconds") if summary else None,
+                    status=str(summary.get("status", "unfinished (no summary: running, failed or crashed)")),
+                    model=summary.get("model"),
+                    promoted=summary.get("promoted"),
+                    report=layout.report_html if layout.report_html.is_file() else None,
+                ),
+            )
+        )
+    return [run for _, run in sorted(runs, key=lambda item: item[0], reverse=True)]
 
 
 class RunContext(BaseModel):

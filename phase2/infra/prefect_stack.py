@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,6 +170,47 @@ class PrefectWorker(_Managed):
                     pool=self.pool,
                 )
         return self
+
+
+class PrefectUnreachable(RuntimeError):
+    """No Prefect API to talk to; the message names PREFECT_API_URL and how to start the stack."""
+
+
+def _unreachable_reason(api_url: str, timeout: float) -> str | None:
+    """None when a server answers at ``api_url`` (any HTTP status: Prefect Cloud may want a key
+    for /health), else why not."""
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return str(reason) or type(exc).__name__
+
+
+def reachable_prefect_api(state: Path | None = None, *, timeout: float = 2.0) -> str:
+    """The Prefect API to use: PREFECT_API_URL when set, else the local stack's running server.
+
+    Raises :class:`PrefectUnreachable` (within about ``timeout`` s) when that server does not
+    answer, or when PREFECT_API_URL is unset and the local stack is not running, rather than
+    letting Prefect fall back to a temporary in-process server.
+    """
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        if reason := _unreachable_reason(url, timeout):
+            raise PrefectUnreachable(
+                f"PREFECT_API_URL={url}: Prefect server not reachable ({reason}) "
+                "(start the local stack with `phase2 up`, or fix PREFECT_API_URL)"
+            )
+        return url
+    server = PrefectServer(state)
+    if server.is_running() and _unreachable_reason(server.api_url, timeout) is None:
+        return server.api_url
+    raise PrefectUnreachable(
+        f"PREFECT_API_URL is not set and the local stack ({server.state}) is not running "
+        "(start it with `phase2 up`, or export PREFECT_API_URL=http://HOST:4200/api for another server)"
+    )
 
 
 def run_prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -316,3 +317,45 @@ def resolve_s3_settings(state: Path | None = None) -> S3Settings:
     if local.is_running():
         return local.settings()
     return S3Settings.from_env()
+
+
+class S3Unreachable(StorageError):
+    """No S3 server to talk to; the message says which one and how to start or configure it."""
+
+
+def _endpoint_address(endpoint: str) -> tuple[str, int]:
+    parsed = urllib.parse.urlsplit(endpoint)
+    return parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def reachable_s3_settings(state: Path | None = None, *, timeout: float = 2.0) -> S3Settings:
+    """:func:`resolve_s3_settings` for interactive commands: fails within about ``timeout`` s,
+    with a message saying what to do, when there is no S3 server to reach.
+
+    No endpoint configured and no local SeaweedFS running: "the local stack is not running"
+    (AWS S3 is used only when AWS credentials are exported). A configured or recorded endpoint
+    is probed with one TCP connect before any S3 request (boto3 would retry for many seconds).
+    """
+    settings = resolve_s3_settings(state)
+    configured = next((n for n in ("PHASE2_S3_ENDPOINT", "AWS_ENDPOINT_URL") if os.environ.get(n)), None)
+    if settings.endpoint_url is None and settings.access_key_id is None:
+        raise S3Unreachable(
+            f"the local stack ({(state or state_dir()).resolve()}) is not running "
+            "(start it with `phase2 up`, or set PHASE2_S3_ENDPOINT and AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY to use another S3 server)"
+        )
+    if settings.endpoint_url is None:
+        host, port, label = f"s3.{settings.region}.amazonaws.com", 443, "AWS S3 (no PHASE2_S3_ENDPOINT set)"
+    else:
+        host, port = _endpoint_address(settings.endpoint_url)
+        label = f"{configured}={settings.endpoint_url}" if configured else f"local SeaweedFS {settings.endpoint_url}"
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        fix = "fix PHASE2_S3_ENDPOINT or start that server" if configured else "start the local stack with `phase2 up`"
+        if settings.endpoint_url is None:
+            fix = "start the local stack with `phase2 up`, or set PHASE2_S3_ENDPOINT"
+        raise S3Unreachable(f"{label}: S3 server not reachable ({exc.strerror or exc}) ({fix})") from None
+    if settings.access_key_id is None or settings.secret_access_key is None:
+        raise S3Unreachable(f"{label}: no S3 credentials (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+    return settings

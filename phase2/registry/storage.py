@@ -161,8 +161,9 @@ class ObjectStore:
                 f"{action} {target}: no S3 credentials (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
             ) from exc
         except EndpointConnectionError as exc:
+            endpoint = self.settings.endpoint_url or "AWS S3"
             raise StorageError(
-                f"{action} {target}: cannot reach S3 endpoint {self.settings.endpoint_url} (is the server running?)"
+                f"{action} {target}: cannot reach S3 endpoint {endpoint} (is the server running?)"
             ) from exc
         except (BotoCoreError, OSError) as exc:
             raise StorageError(

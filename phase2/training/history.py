@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -107,7 +108,17 @@ def read_results_csv(results_csv: Path) -> pd.DataFrame:
     results_csv = Path(results_csv)
     if not results_csv.is_file():
         raise FileNotFoundError(f"{results_csv}: no such file (expected an Ultralytics results.csv)")
-    table = pd.read_csv(results_csv, skipinitialspace=True)
+    try:
+        table = pd.read_csv(results_csv, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise ValueError(
+            f"{results_csv}: empty file (pass the results.csv an Ultralytics training writes, one row per epoch)"
+        ) from None
+    except (UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise ValueError(
+            f"{results_csv}: not a CSV text file ({type(exc).__name__}) "
+            "(pass the results.csv an Ultralytics training writes)"
+        ) from None
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in ["epoch", *METRIC_COLUMNS.values()] if c not in table.columns]
     if missing:
@@ -159,7 +170,7 @@ def summarize_history(results_csv: Path, *, patience: int | None = None, epochs:
     table = read_results_csv(results_csv)
     args_yaml = results_csv.parent / "args.yaml"
     if args_yaml.is_file() and (patience is None or epochs is None):
-        args = yaml.safe_load(args_yaml.read_text()) or {}
+        args = _read_args_yaml(args_yaml)
         patience = args.get("patience") if patience is None else patience
         epochs = args.get("epochs") if epochs is None else epochs
 
@@ -186,12 +197,41 @@ def summarize_history(results_csv: Path, *, patience: int | None = None, epochs:
     )
 
 
+def _read_args_yaml(args_yaml: Path) -> dict[str, Any]:
+    """Ultralytics' args.yaml; errors name the file and the way around it."""
+    fix = "fix it, or pass --patience and --epochs"
+    try:
+        args = yaml.safe_load(args_yaml.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{args_yaml}: not a text YAML file ({fix})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ValueError(f"{args_yaml}{where}: not valid YAML ({fix})") from None
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise ValueError(f"{args_yaml}: expected a mapping of training arguments ({fix})")
+    for key in ("patience", "epochs"):
+        if args.get(key) is not None and not (isinstance(args[key], int) and args[key] > 0):
+            raise ValueError(f"{args_yaml}: {key}: {args[key]!r} is not a positive integer ({fix})")
+    return args
+
+
 def _stop_reason(epochs_run: int, best_epoch: int, patience: int | None, planned: int | None) -> str:
     early = patience is not None and epochs_run == best_epoch + patience
     if early and (planned is None or epochs_run < planned):
         return f"patience {patience} after epoch {best_epoch}"
-    if planned is None or epochs_run >= planned:
+    if planned is not None and epochs_run >= planned:
         return f"epochs reached ({epochs_run})"
+    if planned is None or patience is None:
+        # Without args.yaml nothing says how many epochs were planned or what patience was:
+        # "epochs reached" would be a guess (the guide's run stopped by patience at 21 of 80).
+        unknown = " and ".join(n for n, v in (("patience", patience), ("planned epochs", planned)) if v is None)
+        return (
+            f"unknown: {unknown} unknown (no args.yaml next to results.csv); "
+            "pass --patience and --epochs to tell early stopping from the last epoch"
+        )
     # Neither rule explains it: a time limit, an interruption, or a run still in progress.
     return (
         f"stopped at epoch {epochs_run} of {planned} without reaching patience "

@@ -165,11 +165,17 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
     path = Path(path_or_name)
     if not path.suffix:
         path = CONFIG_DIR / f"{path_or_name}.yaml"
+    elif not path.exists() and path.parent == Path(".") and path.suffix in (".yaml", ".yml"):
+        path = CONFIG_DIR / f"{path.stem}.yaml"  # `phase2-seed.yaml` names the recipe phase2-seed
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise RecipeError(f"{path}: recipe not found. Known recipes: {known}")
+        raise RecipeError(f"{path}: recipe not found. Known recipes: {known} (or pass a path to a recipe file)")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise RecipeError(
+            f"{path}: not a text YAML file (pass a recipe .yaml, e.g. a copy of configs/phase2-seed.yaml)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
