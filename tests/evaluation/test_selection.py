@@ -113,8 +113,8 @@ def test_mAP50_policy_on_the_evaluated_table(fitness_selection):
 def test_class_aware_falls_back_when_no_candidate_meets_floors(trained_run, fitness_selection, tmp_path):
     run_dir, data_yaml = trained_run
     table = pd.read_csv(fitness_selection.candidates_csv)
-    if (table["toe_drain/AP50"] >= 0.60).any():
-        pytest.skip("a 2-epoch model reached toe_drain AP50 0.60: no fallback to show")
+    # A missing case fails rather than skips: the tiny model never reaches the floor.
+    assert not (table["toe_drain/AP50"] >= 0.60).any(), "a 2-epoch model reached toe_drain AP50 0.60: no fallback"
     result = select_checkpoint(
         run_dir,
         data_yaml,
@@ -132,8 +132,7 @@ def test_class_aware_falls_back_when_no_candidate_meets_floors(trained_run, fitn
 def test_class_aware_floor_on_class_absent_from_split_is_not_met(fitness_selection):
     table = pd.read_csv(fitness_selection.candidates_csv).reset_index(names="order")
     absent = [c for c, v in fitness_selection.val.metrics["per_class"].items() if v["instances"] == 0]
-    if not absent:
-        pytest.skip("every class occurs in this val subset")
+    assert absent, "every class occurs in this val subset: no absent class to show"
     policy = SelectionPolicy(kind="class_aware", class_floors={absent[0]: {"AP50": 0.0}})
     ranked, fell_back = rank_candidates(table, policy)
     assert fell_back and not ranked["meets_floors"].any()
@@ -175,14 +174,41 @@ def test_policy_validation():
 
 
 def test_promotion_gate_on_real_evaluations(fitness_selection):
-    """The gate consumes the evaluation protocol's metrics as they are: it promotes a model that
-    is not worse than production on the same split, and refuses one below a class floor."""
-    candidate = fitness_selection.val.metrics
-    production = next(c for c in fitness_selection.candidates if c.name != fitness_selection.winner_name).val.metrics
-    lenient = PromotionRule(metric="mAP50-95", max_drop=1.0)
-    promoted = decide_promotion(candidate, production, lenient, production_version=1)
+    """The gate on the evaluation protocol's own numbers, with the recipe's real thresholds
+    (max_drop 0.0, toe_drain AP50 >= 0.6, first-model minimum 0.3): the winner against the
+    candidate it beat is promoted; the same model against the rule's floor, or as a first model
+    below the minimum, is refused; a floor on a class the split does not contain is refused."""
+    candidates = sorted(fitness_selection.candidates, key=lambda c: c.val.metrics["overall"]["mAP50-95"])
+    worst, best = candidates[0].val.metrics, candidates[-1].val.metrics
+    toe_drain = best["per_class"]["toe_drain"]
+    assert toe_drain["instances"] > 0 and toe_drain["AP50"] is not None, "the val split must contain toe_drain"
+    assert toe_drain["AP50"] < 0.6, f"a 2-epoch model reached toe_drain AP50 {toe_drain['AP50']}: no floor to show"
+    assert best["overall"]["mAP50-95"] < 0.3, "a 2-epoch model reached mAP50-95 0.3: no first-model refusal to show"
+
+    not_worse = PromotionRule(metric="mAP50-95", max_drop=0.0, per_class_min={"toe_drain": {"AP50": 0.0}})
+    promoted = decide_promotion(best, worst, not_worse, production_version=1)
     assert promoted.promote, promoted.reasons
-    strict = PromotionRule(metric="mAP50-95", max_drop=1.0, per_class_min={"toe_drain": {"AP50": 0.99}})
-    refused = decide_promotion(candidate, production, strict, production_version=1)
-    assert not refused.promote
-    assert any("toe_drain" in reason for reason in refused.reasons)
+    row = next(r for r in promoted.rows if r.metric == "mAP50-95")
+    assert (row.candidate, row.production) == (best["overall"]["mAP50-95"], worst["overall"]["mAP50-95"])
+    assert row.requirement.endswith("(production - 0.0)") and row.passed
+
+    recipe = PromotionRule(
+        metric="mAP50-95",
+        max_drop=0.0,
+        per_class_min={"toe_drain": {"AP50": 0.6}},
+        absolute_min={"mAP50-95": 0.3},
+    )
+    below_floor = decide_promotion(best, worst, recipe, production_version=1)
+    assert not below_floor.promote
+    assert [r for r in below_floor.reasons if r.startswith("FAIL")] == [
+        f"FAIL toe_drain AP50 = {toe_drain['AP50']:.4f} (needs >= 0.6)"
+    ], below_floor.reasons
+    first = decide_promotion(best, None, recipe)
+    assert not first.promote
+    assert f"FAIL mAP50-95 = {best['overall']['mAP50-95']:.4f} (needs >= 0.3 (first model))" in first.reasons
+
+    absent = [name for name, v in best["per_class"].items() if v["instances"] == 0]
+    assert absent, "every class occurs in this val subset: no absent-class floor to show"
+    on_absent = PromotionRule(metric="mAP50-95", max_drop=0.0, per_class_min={absent[0]: {"AP50": 0.0}})
+    missing = decide_promotion(best, worst, on_absent, production_version=1)
+    assert not missing.promote and f"FAIL {absent[0]} AP50 = missing (needs >= 0.0)" in missing.reasons
