@@ -11,11 +11,11 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel
 
-from phase2.dataset.validation import ValidationReport, ensure_valid, validate_dataset
+from phase2.dataset.validation import ensure_valid, validate_for_recipe
 from phase2.infra.publishing import Markdown, Publication, Table, publish
 from phase2.infra.settings import configure_environment, state_dir
 from phase2.runs import RunContext
-from phase2.training.recipe import Recipe, resolve_imgsz
+from phase2.training.recipe import resolve_imgsz
 from tasks import RETRIES, RETRY_DELAY_S
 
 
@@ -30,20 +30,6 @@ class ValidationOutput(BaseModel):
     warnings: int
     duplicate_groups: list[list[Path]]
     s3_uri: str | None
-
-
-def validate_for_recipe(data: Path, recipe: Recipe, cache_dir: Path | None = None) -> ValidationReport:
-    """The dataset validated as ``recipe`` will train on it: its classes, its minority target, and
-    its image size, where ``native`` is the dataset's recommended size (``report.imgsz``)."""
-    return validate_dataset(
-        data,
-        imgsz=recipe.train.imgsz if isinstance(recipe.train.imgsz, int) else None,  # None: native
-        phash_threshold=recipe.validation.phash_threshold,
-        expected_names=recipe.classes,
-        minority_class=recipe.minority_class,
-        minority_val_target=recipe.rebalance.targets.get(recipe.minority_class, 18),
-        cache_dir=cache_dir,
-    )
 
 
 @task(name="validate_dataset", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,9 @@ from phase2.dataset.stats import (
     split_stats,
 )
 from phase2.infra.files import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:  # the recipe is only read here; the dataset package does not depend on training
+    from phase2.training.recipe import Recipe
 
 FILE_COLUMNS = (
     "split",
@@ -505,3 +509,17 @@ def ensure_valid(report: ValidationReport, allow: Iterable[str] = (), top: int =
     if len(blocking) > top:
         lines.append(f"  ... and {len(blocking) - top} more (see report.json)")
     raise DatasetInvalid("\n".join(lines), blocking)
+
+
+def validate_for_recipe(data: Path, recipe: Recipe, cache_dir: Path | None = None) -> ValidationReport:
+    """The dataset validated as ``recipe`` will train on it: its classes, its minority target, and
+    its image size, where ``native`` is the dataset's recommended size (``report.imgsz``)."""
+    return validate_dataset(
+        data,
+        imgsz=recipe.train.imgsz if isinstance(recipe.train.imgsz, int) else None,  # None: native
+        phash_threshold=recipe.validation.phash_threshold,
+        expected_names=recipe.classes,
+        minority_class=recipe.minority_class,
+        minority_val_target=recipe.rebalance.targets.get(recipe.minority_class, 18),
+        cache_dir=cache_dir,
+    )

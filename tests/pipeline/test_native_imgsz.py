@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from phase2.dataset.validation import validate_for_recipe
 from phase2.training.recipe import load_recipe, resolve_imgsz
-from tasks.validate import validate_for_recipe
 
 
 def test_native_recipe_is_validated_at_the_recommended_size(real_dataset, tmp_path):
