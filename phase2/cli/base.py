@@ -154,6 +154,11 @@ def print_json(data: Any) -> None:
 
 
 JSON_HELP = "Print the result as JSON on stdout (logs go to stderr)."
+# One spelling of a model everywhere a command takes one.
+MODEL_HELP = (
+    "A model: a registry reference NAME:VERSION|ALIAS (site-inspection-detector:production, or just "
+    "production / v3 for the default name), an s3:// URI, or a local .pt."
+)
 
 
 def data_yaml_path(path: Path) -> Path:

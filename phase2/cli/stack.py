@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from phase2.cli.base import JSON_HELP, CliError, app, examples, json_mode, print_json, wandb_app
+from phase2.cli.base import JSON_HELP, MODEL_HELP, CliError, app, examples, json_mode, print_json, wandb_app
 from phase2.infra.settings import PROJECT_ROOT, configure_environment
 
 
@@ -79,10 +79,7 @@ def run(
     ] = None,
     baseline: Annotated[
         str | None,
-        typer.Option(
-            help="Start weights (path, s3:// or model reference NAME:VERSION|ALIAS); "
-            "default: a from-scratch baseline trained on the demo set."
-        ),
+        typer.Option(help="Start weights. " + MODEL_HELP + " Default: a baseline trained on the demo set."),
     ] = None,
     recipe: Annotated[
         str | None,

@@ -24,6 +24,8 @@ from phase2.infra.files import atomic_write_text
 class ConvertError(ValueError):
     """The output directory can't be used; the message names it and the fix."""
 
+    exit_code = 2  # a usage mistake (see phase2/cli/base.py)
+
 
 @dataclass(frozen=True)
 class ConvertResult:

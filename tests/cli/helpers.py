@@ -45,11 +45,19 @@ class Result:
         return lines[0]
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
+def run_cli(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    program: list[str] | None = None,
+) -> Result:
+    """``phase2 ARGS`` (or ``program ARGS``) in a subprocess from ``cwd``."""
     environ = {k: v for k, v in os.environ.items() if k not in _CLEARED}
     environ.update(env or {})
     start = time.monotonic()
-    proc = subprocess.run([str(PHASE2), *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout)
+    command = [*(program or [str(PHASE2)]), *args]
+    proc = subprocess.run(command, cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout)
     return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
 

@@ -3,6 +3,8 @@ the fix (no traceback), exit 1 for a failure and 2 for a usage mistake."""
 
 from __future__ import annotations
 
+import sys
+
 from tests.cli.helpers import run_cli, write_results_csv
 from tests.dataset.builders import make_dataset
 
@@ -70,3 +72,27 @@ def test_validate_with_nothing_readable_prints_one_line_not_an_empty_report(tmp_
     assert result.error_line().startswith("error: data.yaml: 'train:' key missing")
     as_json = run_cli("validate", "data.yaml", "--json", cwd=tmp_path)
     assert as_json.returncode == 1 and as_json.json()["findings"][0]["code"] == "YAML_SPLIT_KEY_MISSING"
+
+
+# Fake commands (a bug can't be shipped on purpose): one raises a library's ValueError, one a KeyError.
+_BUGGY_APP = """
+import numpy as np
+from phase2.cli import app
+
+@app.command("fake-bug")
+def fake_bug(kind: str) -> None:
+    if kind == "library-value-error":
+        np.zeros(-1)
+    raise KeyError("an internal key")
+
+app(prog_name="phase2")
+"""
+
+
+def test_bugs_keep_their_traceback(tmp_path):
+    """Only expected failures become one line: a bug (ours, or a library's ValueError) keeps its traceback."""
+    for kind, message in (("library-value-error", "negative dimensions"), ("key-error", "an internal key")):
+        result = run_cli("fake-bug", kind, cwd=tmp_path, program=[sys.executable, "-c", _BUGGY_APP])
+        assert result.returncode == 1, (kind, result.stderr[-1500:])
+        assert "Traceback" in result.stderr and message in result.stderr, (kind, result.stderr[-1500:])
+        assert not result.stderr.startswith("error:"), kind

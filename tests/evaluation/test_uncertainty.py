@@ -20,24 +20,12 @@ from tests.plugins.data import copy_subset
 
 NAMES = ["rock_toe", "slope_drain", "toe_drain", "vegetation"]
 IMGSZ = 96
-CLI = (
-    "import sys, typer\n"
-    "from phase2.infra.settings import configure_environment\n"
-    "from phase2.evaluation.commands import compare_command, evaluate_command\n"
-    "configure_environment()\n"
-    "app = typer.Typer()\n"
-    "app.command('evaluate')(evaluate_command)\n"
-    "app.command('compare')(compare_command)\n"
-    "app()\n"
-)
 
 
 def phase2_cli(*args: str) -> subprocess.CompletedProcess:
-    """`phase2 ARGS` when cli.py registers the commands, else the same functions in a Typer app."""
+    """The installed `phase2` command in a subprocess."""
     phase2 = Path(sys.executable).parent / "phase2"
-    registered = subprocess.run([str(phase2), "--help"], capture_output=True, text=True).stdout
-    command = [str(phase2)] if " compare " in registered else [sys.executable, "-c", CLI]
-    return subprocess.run([*command, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    return subprocess.run([str(phase2), *args], capture_output=True, text=True, env=os.environ.copy(), timeout=600)
 
 
 @pytest.fixture(scope="module")

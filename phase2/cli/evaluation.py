@@ -1,24 +1,17 @@
 """`phase2 evaluate` and `phase2 compare`: metrics with 95% bootstrap intervals.
 
-Registered in :mod:`phase2.cli` (``app.command("evaluate")(evaluate_command)``). Heavy imports
-happen inside the functions; ``--json`` prints pure JSON on stdout (Ultralytics' output goes
-to stderr).
+Heavy imports happen inside the commands; ``--json`` prints pure JSON on stdout (Ultralytics'
+output goes to stderr).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-WEIGHTS_HELP = "A local .pt, an s3:// URI or a registry reference such as site-inspection-detector:production."
-
-
-def _fail(error: Exception) -> NoReturn:
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(1)
+from phase2.cli.base import JSON_HELP, MODEL_HELP, app, data_yaml_path, examples, json_mode, print_json
 
 
 def resolve_weights(ref: str) -> Path:
@@ -35,14 +28,11 @@ def resolve_weights(ref: str) -> Path:
 def _tables(refs: list[str], data: Path, split: str, imgsz: int, device: str | None) -> list[Any]:
     from phase2.evaluation.evaluate import EvalProtocol
     from phase2.evaluation.matches import collect_matches
-    from phase2.registry.storage import StorageError
-    from phase2.training.checkpoints import UnsafeCheckpoint
 
-    try:
-        protocol = EvalProtocol(split=split, imgsz=imgsz)
-        return [collect_matches(resolve_weights(ref), data, protocol, device) for ref in refs]
-    except (StorageError, UnsafeCheckpoint, FileNotFoundError, ValueError) as error:
-        _fail(error)
+    # Expected failures (a missing file, a bad reference, an unsafe checkpoint) reach the CLI's boundary.
+    protocol = EvalProtocol(split=split, imgsz=imgsz)
+    weights = [resolve_weights(ref) for ref in refs]
+    return [collect_matches(path, data_yaml_path(data), protocol, device) for path in weights]
 
 
 def _fmt(entry: dict[str, Any] | None, delta: bool = False) -> str:
@@ -85,16 +75,23 @@ def comparison_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-Data = Annotated[Path, typer.Option("--data", help="The dataset's data.yaml (read-only).")]
-Imgsz = Annotated[int, typer.Option(help="Validation image size (the protocol's imgsz).")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON only (stdout).")]
+Data = Annotated[Path, typer.Option("--data", help="The dataset's data.yaml or its directory (read-only).")]
+Imgsz = Annotated[int, typer.Option(min=32, help="Validation image size (the protocol's imgsz).")]
+Json = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 Resamples = Annotated[int, typer.Option(help="Bootstrap resamples (>= 1000 for reported intervals).")]
 Seed = Annotated[int, typer.Option(help="Bootstrap seed.")]
 Device = Annotated[str | None, typer.Option(help="Inference device (default: Ultralytics' choice).")]
 
 
+@app.command(
+    "evaluate",
+    epilog=examples(
+        "phase2 evaluate site-inspection-detector:production --data data.yaml --split test",
+        "phase2 evaluate runs/train/weights/best.pt --data data.yaml --json",
+    ),
+)
 def evaluate_command(
-    weights: Annotated[str, typer.Argument(help=WEIGHTS_HELP)],
+    weights: Annotated[str, typer.Argument(help=MODEL_HELP)],
     data: Data,
     split: Annotated[str, typer.Option(help="val or test.")] = "val",
     imgsz: Imgsz = 640,
@@ -106,17 +103,25 @@ def evaluate_command(
     """Evaluate one model: P, R, mAP50, mAP50-95 and per-class AP with 95% bootstrap intervals."""
     from phase2.evaluation.uncertainty import evaluate_table
 
+    json_mode(as_json)
     (table,) = _tables([weights], data, split, imgsz, device)
-    try:
-        result = evaluate_table(table, resamples=resamples, seed=seed)
-    except ValueError as error:
-        _fail(error)
-    typer.echo(json.dumps(result, indent=2) if as_json else evaluation_table(result))
+    result = evaluate_table(table, resamples=resamples, seed=seed)
+    if as_json:
+        print_json(result)
+    else:
+        typer.echo(evaluation_table(result))
 
 
+@app.command(
+    "compare",
+    epilog=examples(
+        "phase2 compare site-inspection-detector:production runs/train/weights/best.pt --data data.yaml",
+        "phase2 compare v3 v4 --data data.yaml --split test --json",
+    ),
+)
 def compare_command(
-    a: Annotated[str, typer.Argument(help="Model A (the reference). " + WEIGHTS_HELP)],
-    b: Annotated[str, typer.Argument(help="Model B (the candidate).")],
+    a: Annotated[str, typer.Argument(help="Model A (the reference). " + MODEL_HELP)],
+    b: Annotated[str, typer.Argument(help="Model B (the candidate), spelled like A.")],
     data: Data,
     split: Annotated[str, typer.Option(help="val or test.")] = "test",
     imgsz: Imgsz = 640,
@@ -128,9 +133,10 @@ def compare_command(
     """Compare two models on the same images: Δ = B − A with its 95% interval and P(B > A)."""
     from phase2.evaluation.uncertainty import compare_tables
 
+    json_mode(as_json)
     table_a, table_b = _tables([a, b], data, split, imgsz, device)
-    try:
-        result = compare_tables(table_a, table_b, resamples=resamples, seed=seed)
-    except ValueError as error:
-        _fail(error)
-    typer.echo(json.dumps(result, indent=2) if as_json else comparison_table(result))
+    result = compare_tables(table_a, table_b, resamples=resamples, seed=seed)
+    if as_json:
+        print_json(result)
+    else:
+        typer.echo(comparison_table(result))
