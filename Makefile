@@ -20,9 +20,12 @@ venv: $(STAMP)
 run: venv
 	$(BIN)/phase2 run $(if $(DATA),--data $(DATA)) $(if $(BASELINE),--baseline $(BASELINE)) $(if $(RECIPE),--recipe $(RECIPE))
 
-## the fast suite (CI); `make test-all` adds the slow, marked tests
+## the fast suite; `make test-all` adds the slow, marked tests. CI (.ci/run) runs
+## TEST_SELECTION="not slow or reliability": the fast suite plus every slow test behind a row of
+## docs/reliability.md (the `reliability` mark is set on each test using the reliability_log fixture)
+TEST_SELECTION ?= not slow
 test: venv
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "$(TEST_SELECTION)" $(PYTEST_ARGS)
 
 test-all: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -30,10 +33,7 @@ test-all: venv
 ## faults, bad inputs, secrets, load (slow tests included); writes docs/reliability.md from the test
 ## outcomes and fails if a row listed in tests/reliability_rows.yaml is FAIL, error or MISSING
 reliability: venv
-	PHASE2_WRITE_RELIABILITY_TABLE=1 $(BIN)/python -m pytest -m "slow or not slow" \
-	  tests/infra/test_reliability.py tests/infra/test_security.py tests/registry/test_load.py \
-	  tests/dataset/test_catalogue.py tests/training/test_recipe.py tests/registry/test_registry.py \
-	  tests/registry/test_storage.py tests/training/test_fine_tune.py tests/infra/test_recovery.py $(PYTEST_ARGS)
+	PHASE2_WRITE_RELIABILITY_TABLE=1 $(BIN)/python -m pytest -m reliability $(PYTEST_ARGS)
 
 up: venv
 	$(BIN)/phase2 up

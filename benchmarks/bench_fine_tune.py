@@ -1,12 +1,13 @@
 """Fine-tuning speed against anchors measured in the same run.
 
---compare-bare: `phase2.training.fine_tune.fine_tune` (child process, results.csv follower, checkpoint
-  uploads to a real SeaweedFS in the background) versus bare `yolo train` (.venv/bin/yolo) with
-  identical arguments on the same copy of the real dataset. Prints the wall-time ratio
-  (target <= 1.03). On CPU the task trains on all cores while bare Ultralytics uses
-  cpu_count-1 threads, so the ratio can fall below 1: that is the thread setting, not less work.
-  A second anchor, the same CLI with torch on all cores, separates the thread effect from the
-  task's own overhead (child start, results.csv follower, S3 uploads, summary).
+--compare-bare: the fine_tune Prefect task (tasks/fine_tune.py, run in a Prefect flow against a real
+  Prefect server, W&B tracking on (offline), checkpoints to a real SeaweedFS) versus bare `yolo
+  train` (Ultralytics' CLI entry point) with identical arguments AND the same torch thread count
+  (the task's child uses all cores; Ultralytics' default is cpu_count-1, which would flatter or
+  penalize either side), on the same copy of the real dataset, --repeats interleaved pairs.
+  Prints the paired wall-time ratio task/bare (median, min, max; target <= 1.03), s/epoch of each,
+  and the task's fixed cost in seconds (its time outside Ultralytics' epoch loop less bare
+  Ultralytics' own: child start, W&B init, S3 uploads, summary).
 --seed-vs-native: the seed recipe (configs/phase2-seed.yaml, 640 px) versus the native recipe
   (phase2-native.yaml, 320 px) through fine_tune, from the same start weights for the same epochs, on
   the pipeline's rebalanced (leak-free) copy of the real dataset: s/epoch ratio, each recipe's own
@@ -14,15 +15,17 @@
   fixed protocol at 320 and at 640 px. The start weights are a phase-1 baseline trained here first
   (yolo11n.yaml, 320 px, --baseline-epochs) unless --start-weights is given; --work keeps it for re-runs.
 
-Run: .venv/bin/python benchmarks/bench_fine_tune.py --compare-bare [--train-images 32] [--epochs 2]
+Run: .venv/bin/python benchmarks/bench_fine_tune.py --compare-bare --epochs 3 --repeats 5 [--train-images 32]
      .venv/bin/python benchmarks/bench_fine_tune.py --seed-vs-native --epochs 10 --work /tmp/bench-svn
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,101 +66,147 @@ def seconds_per_epoch(results_csv: Path) -> float:
     return float(rows[-1]["time"]) / len(rows)
 
 
-def compare_bare(work: Path, epochs: int, imgsz: int, batch: int, train_images: int | None) -> None:
+def yolo_train_command(threads: int, data_yaml: Path, args: dict, project: Path, name: str) -> list[str]:
+    """Bare `yolo train` (Ultralytics' own CLI entry point) with torch on `threads` threads, the
+    number the task's training child uses (Ultralytics' default is cpu_count - 1)."""
+    set_threads = f"import ultralytics.utils.torch_utils as t; t.NUM_THREADS = {threads}; "
+    return [
+        sys.executable,
+        "-c",
+        set_threads + "from ultralytics.cfg import entrypoint; entrypoint()",
+        "train",
+        f"model={args['model']}",
+        f"data={data_yaml}",
+        *(f"{k}={v}" for k, v in args.items() if k != "model"),
+        f"project={project}",
+        f"name={name}",
+        "exist_ok=True",
+    ]
+
+
+def task_context(run_key: str, recipe, data_yaml: Path, imgsz: int):
+    """The three inputs of the real fine_tune task, as the flow's earlier tasks would pass them."""
+    from phase2.runs import RunContext, RunLayout
+    from tasks.rebalance import DatasetVersion
+    from tasks.validate import ValidationOutput
+
+    ctx = RunContext(
+        layout=RunLayout.for_run(run_key),
+        model_name="bench-fine-tune",
+        source_dataset_version="bench",
+        recipe=recipe,
+        baseline="yolo11n.yaml",
+    )
+    dataset = DatasetVersion(data_yaml=data_yaml, version_id="bench", manifest_path=None, s3_uri=None)
+    validation = ValidationOutput(
+        report_json=data_yaml.parent / "report.json",
+        summary_md=data_yaml.parent / "summary.md",
+        imgsz=imgsz,
+        recommended_imgsz=imgsz,
+        native_side=imgsz,
+        errors=0,
+        warnings=0,
+        duplicate_groups=[],
+        s3_uri=None,
+    )
+    return dataset, validation, ctx
+
+
+def spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.3f}, min {min(values):.3f}, max {max(values):.3f}"
+
+
+def compare_bare(work: Path, epochs: int, repeats: int, train_images: int | None) -> None:
+    """Task vs bare `yolo train`, same arguments and the same torch threads, `repeats` interleaved
+    pairs (ABBA order). The task is tasks/fine_tune.py's Prefect task run inside a Prefect flow (a
+    real Prefect server, W&B offline, checkpoints to a real SeaweedFS), timed around the task call."""
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from phase2.infra.prefect_stack import PrefectServer, free_port
+    from phase2.infra.publishing import finish_tracker
     from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
-    from phase2.registry.storage import ObjectStore
+    from tasks.fine_tune import train as fine_tune_task
 
     data_yaml = copy_dataset(work / "data", train_images)
-    args = {
-        "epochs": epochs,
-        "imgsz": imgsz,
-        "batch": batch,
-        "workers": 0,
-        "device": "cpu",
-        "plots": False,
-        "seed": 0,
-        "deterministic": True,
-        "save_period": -1,
-    }
-    # Warm-up: dataset cache and OS file cache are then equal for both runs.
+    recipe = load_recipe("phase2-native")
+    overrides = {"epochs": epochs, "device": "cpu", "workers": 0, "plots": False}
+    recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update=overrides)})
+    imgsz = 320  # what phase2-native resolves to on the real data (native side 312 px)
+    args = {"model": "yolo11n.yaml", **recipe.train.ultralytics_kwargs(imgsz)}
+    threads = os.cpu_count() or 1
+    os.environ["PHASE2_TORCH_THREADS"] = str(threads)  # the task's child: the same count, said explicitly
+
+    @flow(name="bench-fine-tune", persist_result=False)
+    def one_task(dataset, validation, ctx) -> dict:
+        started = time.monotonic()
+        result = fine_tune_task(dataset, validation, ctx)
+        wall = time.monotonic() - started
+        finish_tracker(ctx)
+        return {"wall": wall, "results_csv": str(result.results_csv), "files": len(result.checkpoints)}
+
+    # Warm-up (not timed): dataset label cache and the OS file cache are then the same for every run.
+    warm_up = ["val", "model=yolo11n.yaml", f"data={data_yaml}", "imgsz=64", "batch=16", "device=cpu", "plots=False"]
     subprocess.run(
-        [
-            str(Path(sys.executable).with_name("yolo")),
-            "val",
-            "model=yolo11n.yaml",
-            f"data={data_yaml}",
-            "imgsz=64",
-            "batch=16",
-            "device=cpu",
-            "plots=False",
-            f"project={work}",
-            "name=warmup",
-        ],
+        [str(Path(sys.executable).with_name("yolo")), *warm_up, f"project={work}", "name=warmup"],
         check=True,
         capture_output=True,
     )
-
-    train = [
-        "train",
-        "model=yolo11n.yaml",
-        f"data={data_yaml}",
-        *(f"{k}={v}" for k, v in args.items()),
-        f"project={work}",
-        "exist_ok=True",
-    ]
-    yolo = [str(Path(sys.executable).with_name("yolo"))]
-    # The same CLI with the task's one difference, torch on all cores: isolates the task's overhead.
-    yolo_all_cores = [
-        sys.executable,
-        "-c",
-        "import os, ultralytics.utils.torch_utils as t; "
-        "t.NUM_THREADS = os.cpu_count(); from ultralytics.cfg import entrypoint; entrypoint()",
-    ]
-    bare: dict[str, float] = {}
-    for name, command in (("bare", yolo), ("bare-all-cores", yolo_all_cores)):
-        started = time.monotonic()
-        subprocess.run(
-            [*command, *train, f"name={name}"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        bare[name] = time.monotonic() - started
-
     s3 = SeaweedFS(work / "s3", ports=SeaweedPorts.free()).start()
-    try:
-        store = ObjectStore(s3.settings())
-        store.ensure_bucket()
-        started = time.monotonic()
-        result = fine_tune(
-            weights="yolo11n.yaml",
-            data_yaml=data_yaml,
-            train_args=args,
-            save_dir=work / "task",
-            store=store,
-            run_prefix="bench/train",
-        )
-        task = time.monotonic() - started
-    finally:
-        s3.stop()
-    threads = next(line for line in (work / "task.log").read_text().splitlines() if "torch threads" in line)
-    subset = f"first {train_images} train images" if train_images else "all train images"
+    server = PrefectServer(work / "prefect", port=free_port(), ui=False).start()
+    # Stopped at interpreter exit, not before: Prefect's log and event workers flush to the server
+    # when the interpreter shuts down, and hang on one already stopped (atexit runs last-in first-out).
+    atexit.register(s3.stop)
+    atexit.register(server.stop)
+    os.environ.update({**s3.env(), "PHASE2_S3_BUCKET": "bench-fine-tune"})
+    runs: dict[str, list[dict[str, float]]] = {"bare": [], "task": []}
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        for i in range(repeats):
+            order = ("bare", "task") if i % 2 == 0 else ("task", "bare")
+            for kind in order:
+                load = os.getloadavg()[0]
+                if kind == "bare":
+                    started = time.monotonic()
+                    subprocess.run(
+                        yolo_train_command(threads, data_yaml, args, work, f"bare-{i}"),
+                        check=True,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    wall, csv = time.monotonic() - started, work / f"bare-{i}" / "results.csv"
+                else:
+                    out = one_task(*task_context(f"bench-task-{i}", recipe, data_yaml, imgsz))
+                    wall, csv = out["wall"], Path(out["results_csv"])
+                train_s = float(read_results(csv)[-1]["time"])  # Ultralytics' own epoch-loop time
+                runs[kind].append({"wall": wall, "train": train_s, "load": load})
+                print(
+                    f"repeat {i} {kind:4s}: {wall:6.1f} s wall, {train_s:6.1f} s in epochs, load {load:.2f}",
+                    flush=True,
+                )
+    from phase2.runs import RunLayout
+
+    log = RunLayout.for_run("bench-task-0").stage_dir("train").parent / "train.log"
+    child_threads = [line.strip() for line in log.read_text().splitlines() if "torch threads" in line]
+    ratios = [t["wall"] / b["wall"] for t, b in zip(runs["task"], runs["bare"], strict=True)]
+    s_epoch = {kind: [r["train"] / epochs for r in runs[kind]] for kind in runs}
+    # The task's fixed cost: its time outside Ultralytics' epoch loop, less bare Ultralytics' own
+    # (start-up, dataset scan, final validation): child start, W&B init, S3 uploads, summary.
+    fixed = [
+        (t["wall"] - t["train"]) - (b["wall"] - b["train"]) for t, b in zip(runs["task"], runs["bare"], strict=True)
+    ]
+    subset = f"first {train_images} train images" if train_images else "the full train split"
     print(
-        f"\n== fine_tune vs bare `yolo train` (yolo11n.yaml, imgsz {imgsz}, batch {batch}, {epochs} epochs, "
-        f"real dataset: {subset}, all val; CPU) =="
+        f"\n== fine_tune Prefect task vs bare `yolo train`: phase2-native recipe ({imgsz} px, batch "
+        f"{args['batch']}, {epochs} epochs, workers 0, plots off), yolo11n.yaml, real dataset ({subset}, "
+        f"all val), CPU, torch threads {threads} in both, {repeats} interleaved pairs =="
     )
-    default_threads = max(1, (os.cpu_count() or 1) - 1)
-    print(
-        f"bare yolo train          : {bare['bare']:7.1f} s wall, "
-        f"{seconds_per_epoch(work / 'bare' / 'results.csv'):6.1f} s/epoch (torch threads: {default_threads})"
-    )
-    print(
-        f"bare yolo train all cores: {bare['bare-all-cores']:7.1f} s wall, "
-        f"{seconds_per_epoch(work / 'bare-all-cores' / 'results.csv'):6.1f} s/epoch (torch threads: {os.cpu_count()})"
-    )
-    print(
-        f"fine_tune task           : {task:7.1f} s wall, {seconds_per_epoch(result.results_csv):6.1f} s/epoch "
-        f"(child log: {threads.strip()}; {len(result.checkpoints)} files to S3)"
-    )
-    print(f"ratio task/bare           : {task / bare['bare']:.3f}  (target <= 1.03; includes the thread setting)")
-    print(f"ratio task/bare-all-cores : {task / bare['bare-all-cores']:.3f}  (the task's own overhead)")
+    for kind in runs:
+        print(f"{kind:4s} wall s   : {spread([r['wall'] for r in runs[kind]])}")
+        print(f"{kind:4s} s/epoch  : {spread(s_epoch[kind])}")
+    print(f"ratio task/bare (paired): {spread(ratios)}   target <= 1.03")
+    print(f"fixed cost of the task  : {spread(fixed)} s")
+    print(f"load average during runs: {spread([r['load'] for k in runs for r in runs[k]])}")
+    print(f"task child log: {child_threads[:1] or 'no torch threads line found'}")
 
 
 def rebalanced_dataset(work: Path) -> Path:
@@ -272,8 +321,7 @@ def main() -> None:
     parser.add_argument("--compare-bare", action="store_true")
     parser.add_argument("--seed-vs-native", action="store_true")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--imgsz", type=int, default=320, help="--compare-bare image size")
-    parser.add_argument("--batch", type=int, default=16, help="--compare-bare batch size")
+    parser.add_argument("--repeats", type=int, default=5, help="--compare-bare: interleaved task/bare pairs")
     parser.add_argument("--train-images", type=int, help="--compare-bare: only the first N train images")
     parser.add_argument(
         "--baseline-epochs",
@@ -296,7 +344,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-fine-tune-") as tmp:
         work = opts.work or Path(tmp)
         if opts.compare_bare:
-            compare_bare(work / "bare", opts.epochs, opts.imgsz, opts.batch, opts.train_images)
+            compare_bare(work / "bare", opts.epochs, opts.repeats, opts.train_images)
         if opts.seed_vs_native:
             seed_vs_native(work / "recipes", opts.epochs, opts.baseline_epochs, opts.start_weights, opts.variant)
     print(f"machine after: {machine()}")

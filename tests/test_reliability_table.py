@@ -177,6 +177,31 @@ def test_needs_chromium():
     )
 
 
+def test_the_reliability_mark_selects_every_row_test_slow_ones_too(pytester):
+    pytester.makeini("[pytest]\nmarkers =\n    slow: long\n")
+    pytester.makepyfile(
+        test_checks="""
+import pytest
+
+@pytest.mark.slow
+def test_slow_row(reliability_log):
+    reliability_log("load", "many flows", expected="ok", observed="ok")
+
+@pytest.mark.slow
+def test_slow_other():
+    pass
+
+def test_fast():
+    pass
+"""
+    )
+    result = pytester.runpytest(*PLUGINS, "--strict-markers", "-v", "-m", "not slow or reliability")
+    result.assert_outcomes(passed=2, deselected=1)
+    result.stdout.fnmatch_lines(["*test_slow_row PASSED*", "*test_fast PASSED*"])
+    only_rows = pytester.runpytest(*PLUGINS, "--strict-markers", "-v", "-m", "reliability")
+    only_rows.assert_outcomes(passed=1, deselected=2)
+
+
 def test_the_repository_rows_file_is_valid_and_names_existing_test_files():
     from tests.plugins.reliability import REPO, ROWS_PATH
     from tests.reliability_table import load_expected_rows

@@ -138,6 +138,8 @@ class PrefectServer(_Managed):
             if not self.is_running():
                 env = {**os.environ, **configure_environment(self.state)}
                 env.pop("PREFECT_API_URL", None)
+                # Its own database under its state dir, whatever PREFECT_HOME the caller has.
+                env["PREFECT_HOME"] = str(self.state / "prefect")
                 # A queued run re-checks the deployment's concurrency slot every N s (default 30).
                 env.setdefault("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", "5")
                 command = [_prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(self.requested_port)]

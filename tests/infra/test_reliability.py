@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ import pytest
 
 from phase2.dataset.validation import validate_dataset
 from phase2.infra.prefect_stack import PrefectServer, free_port
+from phase2.infra.processes import read_record, record_path
 from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
 from phase2.infra.settings import PROJECT_ROOT
 from phase2.registry.registry import Registry, RegistryError
@@ -256,42 +258,64 @@ def _enospc_seen(error: BaseException, log_file: Path) -> str:
     return f"child ended on '{last}'"
 
 
-def _fill_disk_once(store, key: str, disk: Path, log_file: Path, stop: threading.Event) -> threading.Thread:
-    """A thread that, as soon as `key` exists in `store`, fills `disk` to the last byte.
+def _fill_disk_mid_training(
+    results_csv: Path, pid_record: Path, store, key: str, disk: Path, log_file: Path, stop: threading.Event
+) -> tuple[threading.Thread, dict[str, int]]:
+    """A thread that fills `disk` to the last byte while the training child is frozen mid-run.
 
-    1 MiB is first reserved beyond the end of `log_file` (fallocate --keep-size), so the training
-    child's last words still reach its log; every other write on the disk gets ENOSPC (a torn
-    checkpoint write would otherwise take any free space left and cut the log short).
+    When results.csv shows epoch 2 (so epoch 1's last.pt is whole on disk), the child's process
+    group (from its pid record) is stopped with SIGSTOP; once `key` (epoch 1's or 2's last.pt) is in
+    `store` the disk is filled and the child continued. Training cannot end before the fault lands,
+    however fast an epoch is: the child's next checkpoint or results.csv write gets ENOSPC.
+    1 MiB is first reserved beyond the end of `log_file` (fallocate --keep-size), so the child's
+    last words still reach its log (a torn checkpoint write would otherwise take any free space
+    left and cut the log short). Returns the thread and {"paused_after_epoch": N} once it fired.
     """
+    fired: dict[str, int] = {}
+
+    def wait_for(condition, what: str, timeout: float = 300) -> bool:
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"disk filler: {what} not seen in {timeout:.0f} s")
+            time.sleep(0.02)
+        return not stop.is_set()
 
     def fill() -> None:
-        while not stop.is_set() and not store.exists(key):
-            time.sleep(0.1)
-        if stop.is_set():
+        if not wait_for(lambda: len(read_results(results_csv)) >= 2, "epoch 2 in results.csv"):
             return
-        size = str(log_file.stat().st_size)
-        subprocess.run(["fallocate", "--keep-size", "-o", size, "-l", "1MiB", str(log_file)], check=True)
-        with open(disk / "filler", "wb") as out:
-            os.posix_fallocate(out.fileno(), 0, shutil.disk_usage(disk).free)
+        record = read_record(pid_record)
+        assert record is not None, f"no pid record {pid_record}"
+        os.killpg(record.pid, signal.SIGSTOP)
+        try:
+            fired["paused_after_epoch"] = len(read_results(results_csv))
+            if not wait_for(lambda: store.exists(key), f"{key} in S3"):
+                return
+            size = str(log_file.stat().st_size)
+            subprocess.run(["fallocate", "--keep-size", "-o", size, "-l", "1MiB", str(log_file)], check=True)
+            with open(disk / "filler", "wb") as out:
+                os.posix_fallocate(out.fileno(), 0, shutil.disk_usage(disk).free)
+            fired["filled"] = 1
+        finally:
+            os.killpg(record.pid, signal.SIGCONT)
 
     thread = threading.Thread(target=fill, name="fill-disk", daemon=True)
     thread.start()
-    return thread
+    return thread, fired
 
 
 @pytest.mark.slow
 def test_full_disk_during_training_fails_clearly_then_completes_with_space(
     small_real_dataset, tmp_path, object_store, reliability_log
 ):
-    """The state dir fills up once epoch 1's last.pt is in S3: a later checkpoint write hits
-    ENOSPC, which the child's log must show. The re-run, with space, restores the published
-    checkpoint (the local last.pt is torn) and trains only the epochs after it.
-
-    Four epochs, not two: the disk fills when the upload of epoch 1 is seen, and on a quiet machine
-    the child can finish a tiny epoch 2 before that; epochs 3-4 leave room for the fault to land."""
+    """The state dir fills up mid-training, with epoch 1's last.pt in S3: the child is frozen after
+    epoch 2 (SIGSTOP), the disk filled, the child continued, so its next write (epoch 2's or 3's
+    checkpoint, or results.csv) hits ENOSPC, which the child's log must show. The re-run, with
+    space, restores the published checkpoint (the local last.pt is torn) and trains only the
+    epochs after it. The freeze makes the order certain: the fault lands before training ends."""
     from tests.training.test_fine_tune import TRAIN_ARGS as BASE_ARGS
 
-    TRAIN_ARGS = {**BASE_ARGS, "epochs": 4}
+    TRAIN_ARGS = {**BASE_ARGS, "epochs": 3}
 
     prefix = f"runs/enospc-{uuid.uuid4().hex[:6]}/train"
     with tmpfs(tmp_path / "state-small", "64m") as small:
@@ -308,13 +332,22 @@ def test_full_disk_during_training_fails_clearly_then_completes_with_space(
         )
         stop = threading.Event()
         log_file = save_dir.parent / f"{save_dir.name}.log"
-        filler = _fill_disk_once(object_store, f"{prefix}/weights/last.pt", small, log_file, stop)
+        filler, fired = _fill_disk_mid_training(
+            save_dir / "results.csv",
+            record_path(small, save_dir.name),
+            object_store,
+            f"{prefix}/weights/last.pt",
+            small,
+            log_file,
+            stop,
+        )
         try:
             with pytest.raises((TrainingFailed, OSError)) as err:
                 train()
         finally:
             stop.set()
             filler.join()
+        assert fired.get("filled"), "the disk was never filled: training ended before the fault"
         enospc = _enospc_seen(err.value, log_file)
         assert not (save_dir / COMPLETE_MARKER).exists()
         assert not object_store.exists(f"{prefix}/{COMPLETE_MARKER}")
@@ -338,7 +371,9 @@ def test_full_disk_during_training_fails_clearly_then_completes_with_space(
         "state dir out of space (tmpfs filled after epoch 1's checkpoint reached S3) during fine_tune",
         expected="ENOSPC in the child's log, no COMPLETE marker, no torn object in S3; re-run with space "
         "resumes from the S3 checkpoint",
-        observed=f"{type(err.value).__name__}: {enospc}; {len(published)} objects in S3 sha256-verified, "
+        observed=f"disk filled with the child frozen after epoch {fired['paused_after_epoch']} of "
+        f"{TRAIN_ARGS['epochs']}; {type(err.value).__name__}: {enospc}; "
+        f"{len(published)} objects in S3 sha256-verified, "
         f"{len(checkpoints)} checkpoint(s) whole; re-run trained {result.epochs_trained_this_attempt} of "
         f"{result.epochs_completed} epochs and completed",
     )
@@ -369,12 +404,15 @@ def _flow_run_outcome(api_url: str) -> tuple[str, str, dict[str, str]]:
 
 @pytest.mark.slow
 def test_prefect_server_restart_mid_training_then_rerun_skips_finished_training(
-    small_real_dataset, tmp_path, seaweedfs, reliability_log
+    small_real_dataset, tmp_path, seaweedfs, monkeypatch, reliability_log
 ):
     """The server goes down in the last epoch and stays down until training has finished and the
     flow process has tried (and retried) the API: the fine_tune task's end, its logs and the next
     task's start all fall in the outage. Back up within the client's retry window, the run ends
     Completed with every task run Completed; a re-run does not train again."""
+    # Its own database: PrefectServer takes PREFECT_HOME from this process (the session's state dir),
+    # whose database holds the flow runs of every other test's server.
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-server" / "prefect"))
     server = PrefectServer(tmp_path / "prefect-server", port=free_port(), ui=False).start()
     state = tmp_path / "flow-state"
     s3_env = {**seaweedfs.env(), "PHASE2_S3_BUCKET": f"t-{uuid.uuid4().hex[:12]}"}

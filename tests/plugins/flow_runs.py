@@ -51,13 +51,13 @@ def flow_run_id(output: str) -> str:
     return match.group(1)
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
-    """Poll ``predicate`` until it returns something truthy, and return that."""
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, poll: float = 0.5) -> T:
+    """Poll ``predicate`` every ``poll`` s until it returns something truthy, and return that."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():
             return value
-        time.sleep(0.5)
+        time.sleep(poll)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 

@@ -7,6 +7,7 @@ cases, in tests/reliability_rows.yaml. With PHASE2_WRITE_RELIABILITY_TABLE=1 (``
 or ``--reliability-table PATH`` the session writes the table at the end, FAIL and MISSING rows
 included, and exits non-zero unless every row passed. Ordinary runs leave the tree clean. Under
 CI=1 a test that uses the fixture and skips (no tmpfs, say) fails instead: rows run in CI or fail.
+Every such test is marked ``reliability`` (``-m reliability``), slow ones too.
 """
 
 from __future__ import annotations
@@ -87,6 +88,15 @@ class ReliabilityRun:
 
 
 _RUN = pytest.StashKey[ReliabilityRun]()
+# On every test that uses reliability_log, slow or not: `-m reliability` selects the table's tests,
+# and CI's `-m "not slow or reliability"` the fast suite plus the slow tests behind a row.
+MARK = "reliability"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "reliability_log" in getattr(item, "fixturenames", ()):
+            item.add_marker(MARK)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -100,6 +110,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{MARK}: behind a row of docs/reliability.md (set by this plugin); CI runs them all"
+    )
     table = config.getoption("reliability_table") or (TABLE_PATH if os.environ.get(WRITE_ENV) == "1" else None)
     try:
         run = ReliabilityRun(Path(table) if table else None, Path(config.getoption("reliability_rows")))

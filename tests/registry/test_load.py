@@ -124,7 +124,8 @@ def test_eight_concurrent_flows_on_one_registry(seaweedfs, small_real_dataset, t
         )
     )
     store.ensure_bucket()
-    recipe = tiny_recipe_file(tmp_path, epochs=1, save_period=-1)
+    # No Ultralytics training plots (seaborn label plots, ~10 CPU-s a flow); selection plots its own.
+    recipe = tiny_recipe_file(tmp_path, epochs=1, save_period=-1, plots=False)
     server = PrefectServer(tmp_path / "server", port=free_port(), ui=False).start()
     try:
         flows = [
