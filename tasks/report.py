@@ -59,6 +59,9 @@ def build_report(
     run = tracker(ctx)
     html_uri = store.uri(layout.report_html_key)
     links = {"this report in S3": html_uri, "model manifest": registered.manifest_uri, "W&B run": run.run_path}
+    if registered.export_messages:  # the card is next to the manifest; the label says which exports are usable
+        card_label = "model card (" + "; ".join(registered.export_messages) + ")"
+        links[card_label] = registered.manifest_uri.rsplit("/", 1)[0] + "/MODEL_CARD.md"
     wandb_url = None
     if run.offline:
         logger().info("W&B is offline: W&B Report skipped (sync the run and rebuild online to get one)")

@@ -68,14 +68,29 @@ def models_list(
 
 @models_app.command(
     "show",
-    epilog=examples("phase2 models show site-inspection-detector:production", "phase2 models show v3"),
+    epilog=examples(
+        "phase2 models show site-inspection-detector:production",
+        "phase2 models show v3 --json",
+    ),
 )
-def models_show(ref: Annotated[str, typer.Argument(help=REF_HELP)]) -> None:
-    """The full manifest of one version (files with sha256, metrics, lineage) and its aliases, as JSON."""
-    json_mode(True)
+def models_show(
+    ref: Annotated[str, typer.Argument(help=REF_HELP)],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the manifest as JSON instead of the model card.")
+    ] = False,
+) -> None:
+    """The version's model card (MODEL_CARD.md, sha256-checked); --json: its full manifest (files with
+    sha256, metrics, lineage, exports with parity) and aliases. Versions without a card show the manifest."""
+    from phase2.registry.registry import CARD_FILES
+
     registry, rest = open_registry(ref)
     version = registry.get(rest)
     aliases = sorted(a for a, n in registry.aliases().items() if n == version.version)
+    if not as_json and CARD_FILES[0] in version.files:
+        typer.echo(f"{version.ref}  aliases: {', '.join(aliases) or 'none'}  {registry.version_uri(version.version)}")
+        typer.echo(registry.read_text(version, CARD_FILES[0]))
+        return
+    json_mode(True)
     print_json({**version.model_dump(mode="json"), "aliases": aliases, "uri": registry.version_uri(version.version)})
 
 
@@ -83,16 +98,24 @@ def models_show(ref: Annotated[str, typer.Argument(help=REF_HELP)]) -> None:
     "download",
     epilog=examples(
         "phase2 models download site-inspection-detector:production --out models/",
-        "phase2 models download v3 --out models/ --json",
+        "phase2 models download v3 --out models/ --format onnx --json",
     ),
 )
 def models_download(
     ref: Annotated[str, typer.Argument(help=REF_HELP)],
     out: Annotated[Path | None, typer.Option(help="Directory; the model lands in DIR/NAME-vN/.")] = None,
-    to: Annotated[Path | None, typer.Option("--to", hidden=True, help="Old spelling of --out.")] = None,
+    to: Annotated[Path | None, typer.Option("--to", help="Same as --out.")] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="pt (weights, no exports), onnx|openvino|torchscript (that export + the card, no pickle), or all.",
+        ),
+    ] = "all",
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """Download a version, verifying every file's sha256 (a tampered file is refused, nothing half-written kept)."""
+    """Download a version (or one format of it), verifying every file's sha256 against the manifest (a
+    tampered file is refused, nothing half-written kept; an export that failed its parity check is refused)."""
     json_mode(as_json)
     target = out or to
     if target is None:
@@ -100,7 +123,7 @@ def models_download(
     if target.exists() and not target.is_dir():
         raise CliError(f"{target}: --out is an existing file, not a directory (pass a directory)")
     registry, rest = open_registry(ref)
-    folder = registry.download(rest, target)
+    folder = registry.download(rest, target, fmt)
     if as_json:
         print_json({"path": str(folder)})
     else:

@@ -100,10 +100,22 @@ class Tracker:
     def summary(self, values: dict[str, Any]) -> None:
         self.run.summary.update(values)
 
-    def log_model(self, path: Path, name: str, *, aliases: list[str], metadata: dict[str, Any]) -> str:
-        """Log weights as a model artifact (works offline); returns 'name:version-or-alias'."""
+    def log_model(
+        self,
+        path: Path,
+        name: str,
+        *,
+        aliases: list[str],
+        metadata: dict[str, Any],
+        extra_files: dict[str, Path] | None = None,
+    ) -> str:
+        """Log weights as a model artifact (works offline); returns 'name:version-or-alias'.
+
+        ``extra_files`` ({name in the artifact: local file}): the exports and the model card."""
         artifact = self._wandb.Artifact(name=name, type="model", metadata=without_secret_keys(metadata))
         artifact.add_file(str(path))
+        for artifact_name, local in (extra_files or {}).items():
+            artifact.add_file(str(local), name=artifact_name)
         self.run.log_artifact(artifact, aliases=aliases)
         return f"{name}:{aliases[0] if aliases else 'latest'}"
 

@@ -35,22 +35,37 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from phase2.infra.files import atomic_write_text, sha256_bytes, sha256_file
-from phase2.infra.settings import DEFAULT_MODEL_NAME, git_sha, state_dir
+from phase2.infra.settings import DEFAULT_MODEL_NAME, state_dir
+from phase2.registry.manifest import (
+    CARD_FILES,
+    CLAIM,
+    MANIFEST,
+    WEIGHTS_FILE,
+    ExportParity,
+    ExportRecord,
+    FileEntry,
+    ModelVersion,
+    RegistrationMetadata,
+    RegistryError,
+    check_relpath,
+)
 from phase2.registry.storage import (
     IntegrityError,
     ObjectNotFound,
     ObjectStore,
     PreconditionFailed,
-    StorageError,
     parse_uri,
 )
 from phase2.training.checkpoints import verify_checkpoint
 
 __all__ = [
+    "CARD_FILES",
     "WEIGHTS_FILE",
+    "ExportParity",
+    "ExportRecord",
     "IntegrityError",
     "ModelVersion",
     "PromotionConflict",
@@ -59,73 +74,14 @@ __all__ = [
     "RegistryError",
 ]
 
-MANIFEST = "manifest.json"
-WEIGHTS_FILE = "weights/best.pt"  # where the pipeline registers a version's weights
-CLAIM = ".claim"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 _ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _VERSION_RE = re.compile(r"^v?(\d+)$")
 _CAS_ATTEMPTS = 64
 
 
-class RegistryError(StorageError):
-    """A registry reference or operation that cannot be satisfied (message says why)."""
-
-
 class PromotionConflict(RegistryError):
     """Production moved since the promotion decision was made; decide again."""
-
-
-class FileEntry(BaseModel):
-    sha256: str
-    size: int
-
-
-class RegistrationMetadata(BaseModel):
-    """What the caller supplies with the files; unknown keys are refused (typos lose lineage)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metrics: dict[str, Any] = Field(default_factory=dict, description='{"val": METRICS, "test": METRICS}')
-    recipe: dict[str, Any] = Field(default_factory=dict)
-    dataset: dict[str, Any] = Field(default_factory=dict, description="version_id, manifest_sha256, uri")
-    baseline: dict[str, Any] = Field(default_factory=dict, description="reference, sha256")
-    code_version: str = Field(default_factory=git_sha)
-    ultralytics_version: str | None = None
-    torch_version: str | None = None
-    wandb_run_path: str | None = None
-    run_key: str | None = Field(
-        None,
-        validation_alias=AliasChoices("run_key", "flow_run_id"),  # manifests before the rename say flow_run_id
-        description="the pipeline run that registered this version",
-    )
-
-
-class ModelVersion(RegistrationMetadata):
-    """One immutable registered version: exactly the content of its manifest.json."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    name: str
-    version: int
-    files: dict[str, FileEntry]
-    created_at: str
-
-    @field_validator("files")
-    @classmethod
-    def _relative_file_names(cls, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
-        # A manifest is read from the bucket: its names become local paths on download.
-        for relpath in files:
-            _check_relpath(relpath)
-        return files
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:v{self.version}"
-
-    def trained_on(self, source_dataset_version: str) -> bool:
-        """Whether this version was trained on that source dataset version (its lineage)."""
-        return self.dataset.get("source_version_id") == source_dataset_version
 
 
 class PromotionVerdict(Protocol):
@@ -144,25 +100,6 @@ def _installed_version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _check_relpath(relpath: str) -> str:
-    """A file name inside a version: relative POSIX path, no empty, '.' or '..' part, no backslash.
-
-    Raises ValueError (inside a manifest, pydantic turns it into a ValidationError)."""
-    parts = relpath.split("/")
-    if (
-        relpath.startswith("/")
-        or any(part in ("", ".", "..") for part in parts)
-        or "\\" in relpath
-        or "\0" in relpath
-        or relpath in (MANIFEST, CLAIM)
-    ):
-        raise ValueError(
-            f"bad file name {relpath!r} for a model version: use a relative path like 'weights/best.pt' "
-            "(no '..', no leading '/', no empty parts, no backslash)"
-        )
-    return relpath
 
 
 def _backoff(attempt: int) -> None:
@@ -237,7 +174,7 @@ class Registry:
             if not local.is_file():
                 raise RegistryError(f"cannot register {relpath!r}: {local} is not a file")
             try:
-                relpath = _check_relpath(relpath)
+                relpath = check_relpath(relpath)
             except ValueError as exc:
                 raise RegistryError(str(exc)) from None
             entries[relpath] = FileEntry(sha256=sha256_file(local), size=local.stat().st_size)
@@ -367,24 +304,29 @@ class Registry:
 
     # --- downloading --------------------------------------------------------------------
 
-    def download(self, ref: str, dest_dir: Path) -> Path:
+    def download(self, ref: str, dest_dir: Path, fmt: str = "all") -> Path:
         """Download a version into ``dest_dir/<name>-v<N>/`` (files + manifest.json) and return
         that directory. Every file is sha256-verified against the manifest; on any failure
-        nothing is left in ``dest_dir``. An existing identical download is reused."""
+        nothing is left in ``dest_dir``. An existing identical download is reused.
+
+        ``fmt`` other than ``all`` downloads only that format's files (:meth:`ModelVersion.files_for`)
+        into ``<name>-v<N>-<fmt>/``; an export that failed its parity check is refused."""
         name, sep, rest = ref.partition(":")
         if sep and name != self.name:
-            return Registry(self.store, name).download(rest, dest_dir)
+            return Registry(self.store, name).download(rest, dest_dir, fmt)
         version = self.get(ref)
+        wanted = version.files_for(fmt)
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)
-        target = dest_dir / f"{self.name}-v{version.version}"
+        target = dest_dir / (f"{self.name}-v{version.version}" + ("" if fmt == "all" else f"-{fmt}"))
         manifest_json = version.model_dump_json(indent=2)
         for existing in (target, _hashed_name(target, manifest_json)):
             if _is_download_of(existing, manifest_json):
                 return existing
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=dest_dir)).resolve()
         try:
-            for relpath, entry in version.files.items():
+            for relpath in wanted:
+                entry = version.files[relpath]
                 key = self.version_prefix(version.version) + relpath
                 local_path = (staging / relpath).resolve()
                 if not local_path.is_relative_to(staging):  # names are validated on read; never trust one
@@ -407,6 +349,57 @@ class Registry:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return target
+
+    def read_text(self, version: ModelVersion, relpath: str) -> str:
+        """One small file of a version (such as its model card), sha256-checked against the manifest."""
+        entry = version.files.get(relpath)
+        if entry is None:
+            raise RegistryError(f"{version.ref} has no file {relpath!r} (registered before model cards existed?)")
+        key = self.version_prefix(version.version) + relpath
+        data, _ = self.store.get_bytes(key)
+        if sha256_bytes(data) != entry.sha256:
+            raise IntegrityError(
+                f"{version.ref}: file {relpath!r} ({self.store.uri(key)}) does not match the sha256 in its manifest: "
+                "corrupted or tampered; refusing it"
+            )
+        return data.decode()
+
+    def resolve_export(self, uri_or_ref: str, fmt: str, cache_dir: Path | None = None) -> Path:
+        """A local, verified export for inference without unpickling: a local file, an ``s3://``
+        URI (checked against its sha256 metadata), or a registry reference (only that export's
+        files are downloaded, each checked against the manifest; an export that failed its parity
+        check is refused). Nothing is loaded here."""
+        local = Path(uri_or_ref).expanduser()
+        if local.exists():
+            return local.resolve()
+        cache = Path(cache_dir or state_dir() / "cache")
+        if uri_or_ref.startswith("s3://"):
+            return self._fetch_s3(uri_or_ref, cache)
+        if ":" in uri_or_ref and not uri_or_ref.startswith((".", "/")):
+            version = self.get(uri_or_ref)
+            export = version.usable_export(fmt)
+            folder = Registry(self.store, version.name).download(f"v{version.version}", cache / "registry", fmt)
+            return folder / export.path
+        raise RegistryError(
+            f"model {uri_or_ref!r} is not an existing file, an s3:// URI or a registry reference like "
+            f"'{self.name}:production'"
+        )
+
+    def _fetch_s3(self, uri: str, cache: Path) -> Path:
+        """An ``s3://`` object in the local cache, checked against its sha256 metadata (required)."""
+        bucket, key = parse_uri(uri)
+        store = (
+            self.store
+            if bucket == self.store.bucket
+            else ObjectStore(self.store.settings.model_copy(update={"bucket": bucket}))
+        )
+        expected = store.head(key)["sha256"]
+        if not expected:
+            raise IntegrityError(f"{uri} has no sha256 metadata; upload it with phase2 (or pass a local path)")
+        dest = cache / "s3" / bucket / key
+        if not (dest.is_file() and sha256_file(dest) == expected):
+            store.get_file(key, dest, expected_sha256=expected)
+        return dest
 
     def weights_file(self, version: ModelVersion) -> str:
         """The relpath of a version's weights: its only .pt file, else ``weights/best.pt``/``best.pt``."""
@@ -431,29 +424,14 @@ class Registry:
             return verify_checkpoint(local.resolve())
         cache = Path(cache_dir or state_dir() / "cache")
         if uri_or_ref.startswith("s3://"):
-            bucket, key = parse_uri(uri_or_ref)
-            store = (
-                self.store
-                if bucket == self.store.bucket
-                else ObjectStore(self.store.settings.model_copy(update={"bucket": bucket}))
-            )
-            expected = store.head(key)["sha256"]
-            if not expected:
-                raise IntegrityError(
-                    f"{uri_or_ref} has no sha256 metadata; upload it with phase2 (or pass a local path)"
-                )
-            dest = cache / "s3" / bucket / key
-            if not (dest.is_file() and sha256_file(dest) == expected):
-                store.get_file(key, dest, expected_sha256=expected)
-            return verify_checkpoint(dest)
+            return verify_checkpoint(self._fetch_s3(uri_or_ref, cache))
         if ":" in uri_or_ref and not uri_or_ref.startswith((".", "/")):
             version = self.get(uri_or_ref)
             registry = Registry(self.store, version.name)
             folder = registry.download(f"v{version.version}", cache / "registry")
             return verify_checkpoint(folder / registry.weights_file(version))
         raise RegistryError(
-            f"baseline {uri_or_ref!r} is not an existing file, an s3:// URI or a registry reference like "
-            f"'{self.name}:production'"
+            f"{uri_or_ref!r}: no such file, and not an s3:// URI or a registry reference like '{self.name}:production'"
         )
 
     # --- promotion ----------------------------------------------------------------------

@@ -206,12 +206,16 @@ def test_resolve_reference_local_s3_and_registry(object_store, tmp_path):
     assert from_s3.is_relative_to(cache) and from_s3.read_bytes() == expected
     from_registry = registry.resolve_reference(f"{NAME}:production", cache_dir=cache)
     assert from_registry.name == "best.pt" and from_registry.read_bytes() == expected
-    with pytest.raises(RegistryError, match="not an existing file"):
+    with pytest.raises(RegistryError, match="no such file, and not an s3:// URI"):
         registry.resolve_reference("nothing-here.pt", cache_dir=cache)
 
 
-RULE = PromotionRule(
-    metric="mAP50-95", max_drop=0.01, per_class_min={"toe_drain": {"AP50": 0.6}}, absolute_min={"mAP50-95": 0.3}
+RULE = PromotionRule(  # sample_metrics' toe_drain has 6 instances: min_instances 5 lets its floor decide
+    metric="mAP50-95",
+    margin=0.01,
+    per_class_min={"toe_drain": {"AP50": 0.6}},
+    absolute_min={"mAP50-95": 0.3},
+    min_instances=5,
 )
 
 
