@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import task
 
+from phase2.dataset.index_cache import FileIndex, default_cache_dir
 from phase2.dataset.rebalance import dataset_version_id
 from phase2.infra.files import sha256_file
 from phase2.infra.publishing import logger, object_store
@@ -33,7 +34,9 @@ def plan_run(
     if not data_yaml.is_file():
         raise FileNotFoundError(f"{data_yaml}: data.yaml not found. Pass data=PATH/TO/data.yaml")
     try:
-        source_version = dataset_version_id(data_yaml)
+        index = FileIndex.load(default_cache_dir())  # unchanged files are not re-read: the no-new-data check is instant
+        source_version = dataset_version_id(data_yaml, index)
+        index.save()
     except Exception as exc:  # a broken dataset: validation will say exactly what is wrong
         logger().warning("dataset version could not be computed (%s); validation follows", exc)
         source_version = "unversioned-" + sha256_file(data_yaml)[:16]

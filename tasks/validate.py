@@ -11,9 +11,10 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel
 
+from phase2.dataset.index_cache import default_cache_dir
 from phase2.dataset.validation import ensure_valid, validate_for_recipe
 from phase2.infra.publishing import Markdown, Publication, Table, publish
-from phase2.infra.settings import configure_environment, state_dir
+from phase2.infra.settings import configure_environment
 from phase2.runs import RunContext
 from phase2.training.recipe import resolve_imgsz
 from tasks import RETRIES, RETRY_DELAY_S
@@ -36,7 +37,7 @@ class ValidationOutput(BaseModel):
 def validate(data: str, ctx: RunContext) -> ValidationOutput:
     configure_environment()
     recipe = ctx.recipe
-    report = validate_for_recipe(Path(data), recipe, cache_dir=state_dir() / "validation-cache")
+    report = validate_for_recipe(Path(data), recipe, cache_dir=default_cache_dir())
     paths = report.write(ctx.layout.stage_dir("validation"))
     uris = publish(
         ctx,

@@ -33,8 +33,8 @@ def validate(
     ] = "phase2-seed",
 ) -> None:
     """Validate a YOLO dataset (read-only); exit 1 when it has errors."""
+    from phase2.dataset.index_cache import default_cache_dir
     from phase2.dataset.validation import validate_dataset
-    from phase2.infra.settings import state_dir
     from phase2.training.recipe import load_recipe
 
     json_mode(as_json)
@@ -48,7 +48,7 @@ def validate(
         expected_names=settings.classes,
         minority_class=settings.minority_class,
         minority_val_target=settings.rebalance.targets.get(settings.minority_class, 18),
-        cache_dir=state_dir() / "validation-cache",
+        cache_dir=default_cache_dir(),
     )
     if out is not None:
         report.write(out)
@@ -209,3 +209,40 @@ def lint(
             typer.echo("(image size not checked: pass --data DATA_YAML or --native PX)", err=True)
     if strict and warnings:
         raise typer.Exit(1)
+
+
+DIFF_SPEC_HELP = (
+    "A data.yaml (or its folder), a dataset version id (16 hex digits), or a registry reference "
+    "NAME:VERSION|ALIAS meaning the dataset that model was trained on."
+)
+
+
+DIFF_EXAMPLES = (
+    "phase2 diff old/data.yaml new/data.yaml",
+    "phase2 diff site-inspection-detector:production path/to/data.yaml   # what changed since production's data",
+    "phase2 diff 3f2a9c0d1e4b5a67 data.yaml --json | jq '.images.added | length'",
+)
+
+
+@app.command("diff", epilog=examples(*DIFF_EXAMPLES))
+def diff(
+    old: Annotated[str, typer.Argument(help=DIFF_SPEC_HELP)],
+    new: Annotated[str, typer.Argument(help=DIFF_SPEC_HELP)],
+    phash_threshold: Annotated[int, typer.Option(help="Near-duplicate Hamming distance for leakage (-1: off).")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """What changed between two datasets: images (by content: a rename is a move), labels, class counts, new leaks."""
+    from phase2.cli.registry import open_registry
+    from phase2.dataset.diff import DiffError, diff_listings, diff_markdown, resolve_listing
+    from phase2.dataset.index_cache import default_cache_dir
+
+    json_mode(as_json)
+    try:
+        before, after = (resolve_listing(spec, default_cache_dir(), open_registry) for spec in (old, new))
+    except DiffError as exc:
+        raise CliError(str(exc), exit_code=2) from None
+    result = diff_listings(before, after, phash_threshold=phash_threshold)
+    if as_json:
+        print_json(result)
+    else:
+        typer.echo(diff_markdown(result))

@@ -10,21 +10,27 @@ from __future__ import annotations
 import functools
 import io
 import itertools
+import json
 import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import PIL
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
+from pydantic import TypeAdapter
+from typing_extensions import TypedDict  # pydantic validates cached facts: it needs this TypedDict on 3.11
 
 from phase2.dataset.findings import Finding
+from phase2.dataset.index_cache import FileIndex
 from phase2.dataset.labels import ParsedLabel, parse_label
 from phase2.dataset.layout import image_formats
-from phase2.infra.files import sha256_bytes
+from phase2.infra.files import atomic_write_text, sha256_bytes
 
 PHASH_SIDE = 32  # imagehash.phash: hash_size 8 x highfreq_factor 4
 MIN_IMAGE_SIDE = 10  # Ultralytics rejects images below 10 px
@@ -78,11 +84,18 @@ def _pil_open() -> Callable[..., Any]:
     return patches._image_open
 
 
-def inspect_image(path: str, known: dict[str, ImageFacts] | None = None) -> ImageResult:
+def inspect_image(path: str, known: dict[str, ImageFacts] | None = None, index: FileIndex | None = None) -> ImageResult:
     """Read once: sha256 of the bytes; decode facts from `known` (by content hash) or by decoding.
+    With `index`, a file whose stat key is unchanged and whose content's facts are known is not read.
     Whether the path may be read at all (PHASE2_DATA_ROOTS) is decided before, by the layout."""
     result = ImageResult()
     add = result.findings.append
+    st = None
+    if index is not None:
+        cached_sha, st = index.lookup(path)
+        if cached_sha is not None and (cached := (known or {}).get(cached_sha)) is not None:
+            result.sha256 = cached_sha
+            return _with_facts(result, path, cached)
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -96,12 +109,18 @@ def inspect_image(path: str, known: dict[str, ImageFacts] | None = None) -> Imag
         add(Finding.of("IMG_EMPTY", path, "zero-byte file"))
         return result
     result.sha256 = sha256_bytes(data)
+    if index is not None and st is not None:  # stat taken before the read: a later edit is a new key
+        index.remember(path, st, result.sha256)
     facts = (known or {}).get(result.sha256)
     if facts is None:
         facts, grey = decode_image(data)
         result.new_facts = facts
         if grey is not None:
             result.phash_low = _phash_low(grey)
+    return _with_facts(result, path, facts)
+
+
+def _with_facts(result: ImageResult, path: str, facts: ImageFacts) -> ImageResult:
     result.format, result.width, result.height, result.phash = (
         facts["format"],
         facts["width"],
@@ -111,7 +130,9 @@ def inspect_image(path: str, known: dict[str, ImageFacts] | None = None) -> Imag
     result.findings += [Finding.of(code, path, message) for code, message in facts["problems"]]
     ext = path.rpartition(".")[-1].lower()
     if facts["format"] and ext not in PIL_FORMAT_EXTENSIONS.get(facts["format"], {ext}):
-        add(Finding.of("IMG_EXT_MISMATCH", path, f"extension .{ext} but content is {facts['format']}"))
+        result.findings.append(
+            Finding.of("IMG_EXT_MISMATCH", path, f"extension .{ext} but content is {facts['format']}")
+        )
     return result
 
 
@@ -264,12 +285,17 @@ def _chunks(items: list[str], n: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _inspect_chunk(chunk: list[str], known: dict[str, ImageFacts] | None, index: FileIndex | None) -> list[ImageResult]:
+    return [inspect_image(p, known, index) for p in chunk]
+
+
 def inspect_images(
     paths: list[str],
     pool: ThreadPoolExecutor,
     known: dict[str, ImageFacts] | None = None,
     labels: Sequence[str] = (),
     nc: int = 0,
+    index: FileIndex | None = None,
 ) -> Callable[[], tuple[list[ImageResult], list[ParsedLabel]]]:
     """Start inspecting `paths` (and parsing `labels`) in `pool`; returns a function that waits for the
     results and adds the images' perceptual hashes.
@@ -282,7 +308,7 @@ def inspect_images(
     label_futures: list[Future[list[ParsedLabel]]] = []
     for image_chunk, label_chunk in itertools.zip_longest(_chunks(paths, n_chunks), _chunks(list(labels), n_chunks)):
         if image_chunk:
-            image_futures.append(pool.submit(lambda chunk: [inspect_image(p, known) for p in chunk], image_chunk))
+            image_futures.append(pool.submit(_inspect_chunk, image_chunk, known, index))
         if label_chunk:
             label_futures.append(pool.submit(lambda chunk: [parse_label(p, nc) for p in chunk], label_chunk))
 
@@ -299,3 +325,26 @@ def inspect_images(
         return results, [r for f in label_futures for r in f.result()]
 
     return collect
+
+
+_FACTS = TypeAdapter(dict[str, ImageFacts])
+
+
+class FactsCache:
+    """{sha256: decode facts} in one JSON file; content-keyed, so it can never be stale. The file name
+    carries the format version and the decoders' versions (a new decoder may judge bytes differently).
+    Untrusted when read: anything malformed is a cold cache."""
+
+    def __init__(self, cache_dir: Path):
+        self.path = Path(cache_dir) / f"image-facts-v2-pillow{PIL.__version__}-simplejpeg{simplejpeg.__version__}.json"
+        try:
+            self.facts: dict[str, ImageFacts] = _FACTS.validate_json(self.path.read_bytes())
+        except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+            self.facts = {}
+
+    def save(self, new: list[ImageResult]) -> None:
+        new_facts = {r.sha256: r.new_facts for r in new if r.sha256 and r.new_facts is not None}
+        if not new_facts:
+            return
+        self.facts.update(new_facts)
+        atomic_write_text(self.path, json.dumps(self.facts))

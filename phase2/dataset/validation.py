@@ -10,7 +10,6 @@ what we validate is exactly what training would read.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -20,15 +19,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import PIL
-import simplejpeg
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel, PrivateAttr, ValidationError
 
 from phase2.dataset.duplicates import DuplicateGroup, find_duplicate_groups
 from phase2.dataset.findings import Finding, Severity
-from phase2.dataset.images import ImageFacts, ImageResult, inspect_images
+from phase2.dataset.images import FactsCache, ImageResult, inspect_images
+from phase2.dataset.index_cache import FileIndex, ResultMemo, code_version, stat_fingerprint
 from phase2.dataset.labels import ParsedLabel, parse_label
 from phase2.dataset.layout import (
+    DatasetConfig,
     DatasetConfigError,
     check_names,
     label_path_str,
@@ -218,25 +217,6 @@ def _plot_class_counts(report: ValidationReport, path: Path) -> None:
     plt.close(fig)
 
 
-class _FactsCache:
-    """{sha256: decode facts} in one JSON file; content-keyed, so it can never be stale. The file name
-    carries the format version and the decoders' versions (a new decoder may judge bytes differently)."""
-
-    def __init__(self, cache_dir: Path):
-        self.path = Path(cache_dir) / f"image-facts-v2-pillow{PIL.__version__}-simplejpeg{simplejpeg.__version__}.json"
-        try:
-            self.facts: dict[str, ImageFacts] = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self.facts = {}
-
-    def save(self, new: list[ImageResult]) -> None:
-        new_facts = {r.sha256: r.new_facts for r in new if r.sha256 and r.new_facts is not None}
-        if not new_facts:
-            return
-        self.facts.update(new_facts)
-        atomic_write_text(self.path, json.dumps(self.facts))
-
-
 def validate_dataset(
     data_yaml: Path,
     *,
@@ -259,7 +239,9 @@ def validate_dataset(
     recommended size derived here from the images' native sizes (then ``report.imgsz`` is it).
     `check_images=False` is the label-only path: no decoding, hashing or duplicate search.
     `cache_dir` (e.g. the state dir, never the dataset) keeps each image's decode results keyed by
-    its content sha256, so a re-run reads and hashes every image but decodes only new content.
+    its content sha256, each file's sha256 keyed by its stat (path, size, mtime_ns, inode: git's
+    index), and the whole report keyed by every input's stat, the parameters and this code: a
+    re-run with nothing changed reads no file; a changed file is re-read and re-hashed.
     `data_roots` (None: the worker setting PHASE2_DATA_ROOTS; empty: none) are the only folders
     read: lists, images and labels outside them are errors and stay unread. Without roots, paths
     outside the yaml's folder are warnings.
@@ -280,19 +262,27 @@ def validate_dataset(
     label_of = {image: label_path_str(image) for image in all_paths}
     entries = [(split, image) for split, paths in images.items() for image in paths]
     readable = [p for p in all_paths if p not in config.refused]  # outside PHASE2_DATA_ROOTS: never opened
+    memo_key = None
+    if cache_dir is not None and check_images:
+        params = [imgsz, phash_threshold, min_box_px, expected_names, minority_class, minority_val_target, roots]
+        memo_key = _memo_key(config, params, readable, [label_of[i] for i in readable])
+        if memo_key and (memoised := _memoised_report(cache_dir, memo_key)) is not None:
+            return memoised
     refused = ParsedLabel("invalid")
     image_results: dict[str, ImageResult] = {}
     if check_images and readable:
-        cache = _FactsCache(cache_dir) if cache_dir is not None else None
+        cache = FactsCache(cache_dir) if cache_dir is not None else None
+        index = FileIndex.load(cache_dir) if cache_dir is not None else None
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             collected_images, collected_labels = inspect_images(
-                readable, pool, cache.facts if cache else None, [label_of[i] for i in readable], nc
+                readable, pool, cache.facts if cache else None, [label_of[i] for i in readable], nc, index
             )()
         image_results = dict(zip(readable, collected_images, strict=True))
         label_result = dict(zip(readable, collected_labels, strict=True))
         label_results = [label_result.get(image, refused) for _, image in entries]
-        if cache:
+        if cache and index:
             cache.save(list(image_results.values()))
+            index.save()
     else:  # label-only: serial (pure Python, threads would only contend for the GIL)
         label_results = [
             refused if image in config.refused else parse_label(label_of[image], nc) for _, image in entries
@@ -402,6 +392,36 @@ def validate_dataset(
                 )
             )
     report._files = files
+    if memo_key and cache_dir is not None:
+        rows = files.astype(object).where(files.notna(), None).values.tolist()
+        ResultMemo(cache_dir).put(memo_key, {"report": report.model_dump(mode="json"), "files": rows})
+    return report
+
+
+def _memo_key(config: DatasetConfig, params: Sequence[object], images: list[str], labels: list[str]) -> str | None:
+    """Every input of a report: data.yaml as resolved, the parameters, this package's code, and the
+    stat of each image, label and label folder (a new orphan label changes its folder's mtime)."""
+    resolved = {
+        "yaml": str(config.data_yaml),
+        "names": config.names,
+        "root": str(config.root),
+        "splits": config.splits,
+        "refused": sorted(config.refused),
+        "findings": [f.model_dump(mode="json") for f in config.findings],
+    }
+    folders = sorted({os.path.dirname(label) for label in labels})
+    extra = {"config": resolved, "params": params, "code": code_version(os.path.dirname(__file__))}
+    return stat_fingerprint([str(config.data_yaml), *images, *labels, *folders], extra)
+
+
+def _memoised_report(cache_dir: Path, key: str) -> ValidationReport | None:
+    """The report memoised under `key`, or None (absent, or malformed: the memo is untrusted)."""
+    memo = ResultMemo(cache_dir).get(key)
+    try:
+        report = ValidationReport.model_validate(memo["report"])  # type: ignore[index]
+        report._files = pd.DataFrame(memo["files"], columns=list(FILE_COLUMNS))  # type: ignore[index]
+    except (TypeError, KeyError, ValueError, ValidationError):
+        return None
     return report
 
 

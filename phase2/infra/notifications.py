@@ -1,4 +1,5 @@
-"""Webhook notifications: a flow run failed or crashed, or a model was promoted.
+"""Webhook notifications: a flow run failed or crashed, a model was promoted, or a scheduled run
+retrains (with what changed in the data).
 
 The webhook URL is configuration, never a flow parameter: ``$PHASE2_NOTIFY_WEBHOOK``, else the
 Prefect Secret block ``phase2-notify-webhook`` (read when a message is sent, so a running worker
@@ -27,7 +28,7 @@ TIMEOUT_S = 10
 # Flow parameters worth showing in a message (paths and names; credentials are never parameters).
 _SHOWN_PARAMETERS = ("data", "baseline", "recipe_name", "model_name", "run_name", "skip_if_unchanged")
 
-Event = Literal["failed", "crashed", "promoted"]
+Event = Literal["failed", "crashed", "promoted", "retraining"]
 log = logging.getLogger("phase2.notifications")
 log.addFilter(RedactingFilter())  # exception texts can carry the webhook URL's token
 
@@ -45,6 +46,7 @@ class Notification(BaseModel):
     parameters: dict[str, Any] = {}
     model: str | None = None
     ui_url: str | None = None
+    changes: dict[str, Any] | None = None  # "retraining": counts of what changed since production's data
 
 
 def webhook_url() -> str | None:
@@ -103,6 +105,29 @@ def flow_run_notification(event: Event, flow_run: Any, state: Any, model: str | 
         parameters=parameters,
         model=model,
         ui_url=_ui_url(run_id),
+    )
+
+
+def retraining_notification(
+    run_key: str, flow_run_id: str | None, summary: str, diff: dict[str, Any] | None
+) -> Notification:
+    """A scheduled run retrains: `summary` says what changed since production's data; `diff` is
+    ``phase2 diff``'s JSON (its counts go in the message, not its full lists)."""
+    changes = None
+    if diff is not None:
+        changes = {
+            "old": diff["old"],
+            "new": diff["new"],
+            "images": {kind: len(paths) for kind, paths in diff["images"].items()},
+            "labels_changed": len(diff["labels"]["changed"]),
+            "new_leaks": len(diff["new_leaks"]),
+        }
+    return Notification(
+        event="retraining",
+        text=f"phase2 run {run_key} retrains: {summary}",
+        flow_run_id=flow_run_id,
+        ui_url=_ui_url(flow_run_id) if flow_run_id else None,
+        changes=changes,
     )
 
 

@@ -160,3 +160,80 @@ def test_scheduled_retrain_with_unchanged_data_finishes_early(local_stack, small
     # the CLI and flow-run process start-ups (~10 s), which a loaded CI machine can stretch.
     assert (run.end_time - run.start_time).total_seconds() < 30
     assert wall_s < 60, f"trigger to Completed took {wall_s:.1f} s"
+
+
+def test_scheduled_retrain_with_changed_data_says_what_changed(
+    local_stack, small_real_dataset, tmp_path, webhook_secret_block
+):
+    """Production's registered dataset listing vs today's data: the scheduled run retrains and its
+    log and webhook say what changed (here: one test image removed, one box's class changed)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from phase2.dataset.diff import REGISTRY_LISTING, dataset_listing
+    from phase2.dataset.rebalance import dataset_version_id
+    from phase2.infra.seaweedfs import resolve_s3_settings
+    from phase2.registry.registry import Registry
+    from phase2.registry.storage import ObjectStore
+
+    model_name = f"changed-{uuid.uuid4().hex[:6]}"
+    store = ObjectStore(resolve_s3_settings())
+    store.ensure_bucket()
+    listing = tmp_path / "listing.json"
+    listing.write_text(dataset_listing(small_real_dataset).model_dump_json())
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    production = YOLO("yolo11n.yaml")  # random weights: the promotion gate evaluates them, nothing else
+    names = yaml.safe_load(small_real_dataset.read_text())["names"]
+    production.model = DetectionModel("yolo11n.yaml", nc=len(names), verbose=False)
+    production.model.names = dict(enumerate(names))
+    weights = tmp_path / "best.pt"
+    production.save(str(weights))
+    registry = Registry(store, model_name)
+    version = registry.register(
+        {"weights/best.pt": weights, REGISTRY_LISTING: listing},
+        {"dataset": {"source_version_id": dataset_version_id(small_real_dataset)}},
+    )
+    registry.set_alias("production", version.version)
+    root = small_real_dataset.parent
+    removed, relabelled = sorted((root / "test" / "images").iterdir())[:2]
+    removed.unlink()
+    (root / "test" / "labels" / (removed.stem + ".txt")).unlink(missing_ok=True)
+    label = root / "test" / "labels" / (relabelled.stem + ".txt")
+    first, *rest = label.read_text().splitlines()
+    cls, *box = first.split()
+    label.write_text("\n".join([f"{(int(cls) + 1) % 4} {' '.join(box)}", *rest]) + "\n")
+    recipe_file = tmp_path / "tiny.yaml"
+    recipe_file.write_text(yaml.safe_dump({**TINY_RECIPE, "train": {**TINY_RECIPE["train"], "epochs": 1}}))
+
+    proc = subprocess.run(
+        trigger(
+            "scheduled-retrain",
+            {
+                "data": str(small_real_dataset),
+                "baseline": "yolo11n.yaml",
+                "recipe_name": str(recipe_file),
+                "model_name": model_name,
+            },
+        ),
+        env=local_stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    run_id = flow_run_id(proc.stdout + proc.stderr)
+    message = webhook_secret_block.wait_for("retraining")
+    assert message["flow_run_id"] == run_id
+    assert message["changes"]["images"] == {"added": 0, "removed": 1, "modified": 0, "moved": 0}
+    assert message["changes"]["labels_changed"] == 1 and message["changes"]["new_leaks"] == 0
+    assert message["changes"]["old"] == version.dataset["source_version_id"]
+    assert f"test/images/{removed.name}" not in message["text"]  # counts in the message, not the lists
+    assert "1 images removed" in message["text"] and "1 class changed" in message["text"]
+    with get_client(sync_client=True) as client:
+        logs = " ".join(
+            entry.message
+            for entry in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        )
+    assert f"what changed: since {model_name}:v1: dataset" in logs and "1 images removed" in logs
