@@ -92,6 +92,10 @@ def run_summary(summary: dict[str, object], *, stack_up: bool) -> str:
     to browse the run. S3 objects and the Prefect UI are listed only when the stack is still up
     (`stack_up`); otherwise it says how to bring it back (`make up`)."""
     rows: list[tuple[str, object]] = [(k, summary[k]) for k in _OUTCOME_KEYS if summary.get(k) is not None]
+    if isinstance(summary.get("gate"), dict):  # the promotion gate's numbers, each with its interval and n
+        from phase2.evaluation.promotion import gate_lines
+
+        rows += gate_lines(summary["gate"])  # type: ignore[arg-type]
     run_key = summary.get("run_key")
     if run_key:
         layout = RunLayout.for_run(str(run_key), Path(str(summary.get("state_dir") or state_dir())))

@@ -39,6 +39,7 @@ def rebalance(data: str, validation: ValidationOutput, ctx: RunContext) -> Datas
         settings.targets,
         seed=settings.seed,
         duplicate_groups=validation.duplicate_groups,
+        test_targets=settings.test_targets,
     )
     balance = pd.read_csv(result.balance_csv).to_dict(orient="records")
     image_lists = {f"{s}.txt": result.data_yaml.parent / f"{s}.txt" for s in SPLITS}
@@ -53,8 +54,9 @@ def rebalance(data: str, validation: ValidationOutput, ctx: RunContext) -> Datas
                 description="Validation rebalancing",
                 text=(
                     f"Dataset version `{result.version_id}` (source `{result.source_version_id}`)\n\n"
-                    f"- moved groups: {len(result.moved_groups)}\n- repaired leaks: {len(result.repaired_leaks)}\n\n"
-                    + markdown_table(pd.DataFrame(balance))
+                    f"- moved groups: {len(result.moved_groups)} (into test, the promotion gate's split: "
+                    f"{sum(g.to_split == 'test' for g in result.moved_groups)})\n"
+                    f"- repaired leaks: {len(result.repaired_leaks)}\n\n" + markdown_table(pd.DataFrame(balance))
                 ),
             ),
             tables=[

@@ -26,12 +26,17 @@ def select(
         ctx.recipe.selection,
         imgsz=validation.imgsz,
         out_dir=ctx.layout.stage_dir("selection"),
+        gate_split=ctx.recipe.promotion.split,
     )
     candidates = pd.read_csv(result.candidates_csv).to_dict(orient="records")
     per_class = result.val.per_class_table().to_dict(orient="records")
     summary = {f"selected/val/{k}": v for k, v in result.val.metrics["overall"].items()}
     if result.test:
         summary |= {f"selected/test/{k}": v for k, v in result.test.metrics["overall"].items()}
+    if result.gate:
+        for name, entry in result.gate["metrics"].items():
+            low, high = entry["ci95"] or (None, None)
+            summary |= {f"selected/gate/{name}/ci95_low": low, f"selected/gate/{name}/ci95_high": high}
     publish(
         ctx,
         Publication(

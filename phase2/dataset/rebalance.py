@@ -11,6 +11,8 @@ copies). Groups always move as a unit:
    then the groups that keep the other classes' train/val shares closest to the input's; ties
    are broken by a seeded shuffle. A move is only
    taken if it leaves every target still reachable and no class empty in its source split.
+3. Gate split (optional ``test_targets``): the same greedy group moves, from train into test, so
+   that the promotion gate's split holds enough instances of a rare class to decide on it.
 
 The new version is a data.yaml plus image lists pointing into the original tree (Ultralytics
 derives label paths from image paths, so nothing is copied and nothing in the source is
@@ -36,6 +38,7 @@ import yaml
 from pydantic import BaseModel
 
 from phase2.dataset.duplicates import find_duplicate_groups
+from phase2.dataset.index_cache import FileIndex
 from phase2.dataset.labels import parse_label
 from phase2.dataset.layout import SPLITS, label_path_for, load_class_names, load_data_yaml, resolve_split_images
 from phase2.infra.files import atomic_path, atomic_write_json, atomic_write_text, sha256_bytes, sha256_file
@@ -152,9 +155,13 @@ def content_hash(splits: dict[str, list[Path]], names: Sequence[str], _cache: di
     return sha256_bytes(payload)[:VERSION_ID_LENGTH]
 
 
-def dataset_version_id(data_yaml: Path) -> str:
-    """Content hash of a dataset as Ultralytics would read it (image lists, labels, names)."""
-    return content_hash(resolve_split_images(Path(data_yaml)), load_class_names(Path(data_yaml)))
+def dataset_version_id(data_yaml: Path, index: FileIndex | None = None) -> str:
+    """Content hash of a dataset as Ultralytics would read it (image lists, labels, names); with
+    `index` (the warm validation cache) unchanged files are not re-read."""
+    splits = resolve_split_images(Path(data_yaml))
+    files = {f for images in splits.values() for i in images for f in (i, label_path_for(i))}
+    hashes = {f: index.sha256(f) for f in files} if index is not None else None
+    return content_hash(splits, load_class_names(Path(data_yaml)), hashes)
 
 
 # ---------------------------------------------------------------- grouping
@@ -240,20 +247,97 @@ class _State:
         group.split = to
 
 
-def _reachable(state: _State, movable: list[_Group], cls: int) -> int:
-    """Val instances of ``cls`` reachable by moving its groups, biggest first, within the rules."""
+def _reachable(state: _State, movable: list[_Group], cls: int, dest: str = "val") -> int:
+    """``dest`` instances of ``cls`` reachable by moving its groups, biggest first, within the rules."""
     totals = {s: t.copy() for s, t in state.totals.items()}
-    reached = int(totals["val"][cls])
+    reached = int(totals[dest][cls])
     for g in sorted(movable, key=lambda g: (-g.counts[cls], g.group_id)):
-        if g.counts[cls] == 0 or g.split == "val":
+        if g.counts[cls] == 0 or g.split == dest:
             continue
         source = totals[g.split]
         if np.any((source > 0) & (source - g.counts <= 0)):
             continue
         source -= g.counts
-        totals["val"] += g.counts
+        totals[dest] += g.counts
         reached += int(g.counts[cls])
     return reached
+
+
+def _fill(
+    state: _State,
+    groups: list[_Group],
+    names: list[str],
+    targets: dict[str, int],
+    dest: str,
+    sources: tuple[str, ...],
+    counts_before: dict[str, np.ndarray],
+    rng: random.Random,
+) -> list[MovedGroup]:
+    """Move whole groups from ``sources`` into ``dest`` until every per-class target is met; ties
+    are broken by ``rng``'s shuffle."""
+    target_idx = {names.index(c): t for c, t in targets.items()}
+    movable = [g for g in groups if g.split in sources]
+    order = list(range(len(movable)))
+    rng.shuffle(order)
+    tiebreak = {g.group_id: order[i] for i, g in enumerate(movable)}
+
+    unreachable = {names[c]: r for c, t in target_idx.items() if (r := _reachable(state, movable, c, dest)) < t}
+    if unreachable:
+        detail = "; ".join(
+            f"{c}: target {targets[c]}, {dest} holds {int(state.totals[dest][names.index(c)])} after leak "
+            f"repair{' and the val moves' if dest != 'val' else ''}, at most {r} reachable"
+            for c, r in unreachable.items()
+        )
+        hint = " or allow moving test groups (move_test)" if dest == "val" and "test" not in sources else ""
+        raise RebalanceImpossible(
+            f"{dest} target out of reach without splitting duplicate groups or emptying a class in "
+            f"{'/'.join(sources)} ({detail}); lower the target{hint}",
+            unreachable,
+        )
+
+    # Other classes' shares of the input, which the selection keeps as close as it can.
+    others = np.array([i not in target_idx for i in range(len(names))])
+    share_goal = {s: _shares(counts_before[s])[others] for s in ("train", dest)}
+
+    def distortion() -> float:
+        return float(sum(np.abs(_shares(state.totals[s])[others] - share_goal[s]).sum() for s in share_goal))
+
+    moved: list[MovedGroup] = []
+    while deficits := {c: t - int(state.totals[dest][c]) for c, t in target_idx.items() if state.totals[dest][c] < t}:
+        scored = []
+        for g in movable:
+            useful = sum(min(int(g.counts[c]), d) for c, d in deficits.items())
+            if g.split == dest or useful == 0 or not state.allows(g):
+                continue
+            origin = g.split
+            state.move(g, dest)
+            # Copies of one photo last: in val they would count one photograph several times.
+            scored.append((len(g.images) > 1, distortion(), -useful, tiebreak[g.group_id], g))
+            state.move(g, origin)
+        scored.sort(key=lambda s: s[:4])
+        for *_, g in scored:
+            origin = g.split
+            state.move(g, dest)
+            if all(_reachable(state, movable, c, dest) >= t for c, t in target_idx.items()):
+                moved.append(
+                    MovedGroup(
+                        group_id=g.group_id,
+                        from_split=origin,
+                        to_split=dest,
+                        images=[str(p) for p in g.images],
+                        instances={n: int(v) for n, v in zip(names, g.counts, strict=True) if v},
+                    )
+                )
+                break
+            state.move(g, origin)
+        else:
+            reached = {names[c]: int(state.totals[dest][c]) for c in deficits}
+            raise RebalanceImpossible(
+                f"{dest} targets {targets} can't all be met together without splitting duplicate groups or "
+                f"emptying a class in {'/'.join(sources)}; reached {reached}; lower a target",
+                reached,
+            )
+    return moved
 
 
 def plan_rebalance(
@@ -266,17 +350,22 @@ def plan_rebalance(
     seed: int = 0,
     leak_priority: Sequence[str] = SPLITS,
     move_test: bool = False,
+    test_targets: dict[str, int] | None = None,
 ) -> RebalancePlan:
-    """Repair cross-split leaks, then move whole groups into val until every target is met.
+    """Repair cross-split leaks, then move whole groups into val until every target is met, then
+    (``test_targets``) whole train groups into test the same way, for the promotion gate's split.
 
     Raises RebalanceImpossible (before anything is decided) when a target is out of reach.
     """
+    test_targets = dict(test_targets or {})
     names = list(names)
-    unknown = sorted(set(targets) - set(names))
+    unknown = sorted((set(targets) | set(test_targets)) - set(names))
     if unknown:
         raise ValueError(f"unknown class(es) in targets: {unknown}; classes are {names}")
     if "train" not in images or "val" not in images:
         raise DatasetError("the dataset needs 'train' and 'val' splits to rebalance")
+    if test_targets and "test" not in images:
+        raise DatasetError("test targets given, but the dataset has no 'test' split; add one or drop test_targets")
     splits = [s for s in SPLITS if s in images] + sorted(set(images) - set(SPLITS))
     missing_priority = [s for s in splits if s not in leak_priority]
     if missing_priority:
@@ -311,69 +400,11 @@ def plan_rebalance(
     )
 
     state = _State(groups, splits, len(names))
-    target_idx = {names.index(c): t for c, t in targets.items()}
     sources = ("train", "test") if move_test and "test" in splits else ("train",)
-    movable = [g for g in groups if g.split in sources]
-
-    unreachable = {names[c]: r for c, t in target_idx.items() if (r := _reachable(state, movable, c)) < t}
-    if unreachable:
-        detail = "; ".join(
-            f"{c}: target {targets[c]}, val holds {int(state.totals['val'][names.index(c)])} after leak "
-            f"repair, at most {r} reachable"
-            for c, r in unreachable.items()
-        )
-        hint = "" if move_test else " or allow moving test groups (move_test)"
-        raise RebalanceImpossible(
-            f"val target out of reach without splitting duplicate groups or emptying a class in "
-            f"{'/'.join(sources)} ({detail}); lower the target{hint}",
-            unreachable,
-        )
-
-    # Other classes' shares of the input, which the selection keeps as close as it can.
-    others = np.array([i not in target_idx for i in range(len(names))])
-    share_goal = {s: _shares(counts_before[s])[others] for s in ("train", "val")}
-
-    def distortion() -> float:
-        return float(sum(np.abs(_shares(state.totals[s])[others] - share_goal[s]).sum() for s in ("train", "val")))
-
-    order = list(range(len(movable)))
-    random.Random(seed).shuffle(order)
-    tiebreak = {g.group_id: order[i] for i, g in enumerate(movable)}
-    moved: list[MovedGroup] = []
-    while deficits := {c: t - int(state.totals["val"][c]) for c, t in target_idx.items() if state.totals["val"][c] < t}:
-        scored = []
-        for g in movable:
-            useful = sum(min(int(g.counts[c]), d) for c, d in deficits.items())
-            if g.split == "val" or useful == 0 or not state.allows(g):
-                continue
-            origin = g.split
-            state.move(g, "val")
-            # Copies of one photo last: in val they would count one photograph several times.
-            scored.append((len(g.images) > 1, distortion(), -useful, tiebreak[g.group_id], g))
-            state.move(g, origin)
-        scored.sort(key=lambda s: s[:4])
-        for *_, g in scored:
-            origin = g.split
-            state.move(g, "val")
-            if all(_reachable(state, movable, c) >= t for c, t in target_idx.items()):
-                moved.append(
-                    MovedGroup(
-                        group_id=g.group_id,
-                        from_split=origin,
-                        to_split="val",
-                        images=[str(p) for p in g.images],
-                        instances={n: int(v) for n, v in zip(names, g.counts, strict=True) if v},
-                    )
-                )
-                break
-            state.move(g, origin)
-        else:
-            reached = {names[c]: int(state.totals["val"][c]) for c in deficits}
-            raise RebalanceImpossible(
-                f"val targets {targets} can't all be met together without splitting duplicate groups or "
-                f"emptying a class in {'/'.join(sources)}; reached {reached}; lower a target",
-                reached,
-            )
+    moved = _fill(state, groups, names, targets, "val", sources, counts_before, random.Random(seed))
+    if test_targets:
+        test_random = random.Random(f"{seed}/test")
+        moved += _fill(state, groups, names, test_targets, "test", ("train",), counts_before, test_random)
 
     splits_after = {s: sorted((p for g in groups if g.split == s for p in g.images), key=str) for s in splits}
     return RebalancePlan(
@@ -454,6 +485,7 @@ def rebalance_validation(
     phash_threshold: int = 4,
     leak_priority: Sequence[str] = SPLITS,
     move_test: bool = False,
+    test_targets: dict[str, int] | None = None,
 ) -> RebalanceResult:
     """Write a leakage-free, rebalanced version of ``data_yaml`` to ``out_dir`` (see module doc).
 
@@ -483,6 +515,7 @@ def rebalance_validation(
         seed=seed,
         leak_priority=leak_priority,
         move_test=move_test,
+        test_targets=test_targets,
     )
 
     emptied = [s for s in ("train", "val") if not plan.splits_after[s]]
@@ -513,6 +546,7 @@ def rebalance_validation(
             "duplicate_groups": duplicates_source,
             "leak_priority": list(leak_priority),
             "move_test": move_test,
+            **({"test_targets": dict(sorted(test_targets.items()))} if test_targets else {}),
         },
         "counts_before": plan.counts_before.model_dump(),
         "counts_after": plan.counts_after.model_dump(),

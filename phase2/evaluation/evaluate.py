@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,19 @@ class EvalProtocol(BaseModel):
     conf: float = 0.001
     iou: float = 0.7
     batch: int = 16
+
+    def val_arguments(self, data_yaml: Path, save_dir: Path, *, plots: bool = False) -> dict[str, Any]:
+        """Ultralytics ``val()`` arguments of this protocol (the one place they are spelled out)."""
+        return {
+            "data": str(data_yaml),
+            **self.model_dump(),
+            "plots": plots,
+            "save_json": False,
+            "project": str(save_dir.parent),
+            "name": save_dir.name,
+            "exist_ok": True,
+            "verbose": False,
+        }
 
 
 # EvalResult field -> the plot Ultralytics' val() writes into its save_dir.
@@ -110,11 +124,15 @@ def evaluate_checkpoint(
     batch: int = 16,
     device: str | None = None,
     out_dir: Path,
+    validator: type | None = None,
+    on_result: Callable[[Any], None] | None = None,
 ) -> EvalResult:
     """Evaluate ``weights`` on one split under the fixed protocol; artifacts go to ``out_dir``.
 
     Writes ``metrics.json``, ``per_class.csv`` and Ultralytics' plots (PR curve, confusion
-    matrix) into ``out_dir``; nothing is written into the dataset.
+    matrix) into ``out_dir``; nothing is written into the dataset. ``validator`` (a
+    ``DetectionValidator`` subclass) and ``on_result`` (called with Ultralytics' metrics object)
+    let a caller keep more of the same pass, e.g. the per-image match table.
     """
     from ultralytics import YOLO
 
@@ -138,18 +156,12 @@ def evaluate_checkpoint(
                 f"{weights}: model classes {model_names} differ from {data_yaml} names {names}; "
                 "evaluate with the dataset the model was trained for"
             )
-        extra = {"device": device} if device is not None else {}
-        result = model.val(
-            data=str(view_yaml),
-            **protocol.model_dump(),
-            plots=True,
-            save_json=False,
-            project=str(out_dir.parent),
-            name=out_dir.name,
-            exist_ok=True,
-            verbose=False,
-            **extra,
-        )
+        extra: dict[str, Any] = {"device": device} if device is not None else {}
+        if validator is not None:
+            extra["validator"] = validator
+        result = model.val(**protocol.val_arguments(view_yaml, out_dir, plots=True), **extra)
+    if on_result is not None:
+        on_result(result)
     save_dir = Path(result.save_dir)
     box = result.box
     overall = {

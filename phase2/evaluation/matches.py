@@ -181,14 +181,7 @@ def collect_matches(weights: Path, data_yaml: Path, protocol: EvalProtocol, devi
             )
         metrics = model.val(
             validator=_recording_validator(),
-            data=str(view_yaml),
-            **protocol.model_dump(),
-            plots=False,
-            save_json=False,
-            project=str(Path(work) / "runs"),
-            name="val",
-            exist_ok=True,
-            verbose=False,
+            **protocol.val_arguments(view_yaml, Path(work) / "val"),
             **({"device": device} if device is not None else {}),
         )
     table = table_from_records(metrics.per_image, names, protocol)
@@ -199,3 +192,37 @@ def collect_matches(weights: Path, data_yaml: Path, protocol: EvalProtocol, devi
         weights_sha256=sha256_file(weights),
         extra={"ultralytics": {"precision": box.mp, "recall": box.mr, "mAP50": box.map50, "mAP50-95": box.map}},
     )
+
+
+_ARRAYS = ("gt", "pred_image", "pred_cls", "conf", "tp")  # a MatchTable's array fields
+
+
+def save_match_table(table: MatchTable, path: Path) -> Path:
+    """Write ``table`` as one .npz (arrays, plus names/images/protocol as JSON), atomically."""
+    import json
+
+    from phase2.infra.files import atomic_path
+
+    meta = {
+        "names": table.names,
+        "images": table.images,
+        "protocol": table.protocol.model_dump(),
+        "weights": table.weights,
+        "weights_sha256": table.weights_sha256,
+    }
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as out:
+        np.savez_compressed(out, meta=np.array(json.dumps(meta)), **{k: getattr(table, k) for k in _ARRAYS})
+    return Path(path)
+
+
+def load_match_table(path: Path) -> MatchTable:
+    """The table :func:`save_match_table` wrote (no pickles are loaded)."""
+    import json
+
+    with np.load(Path(path), allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        return MatchTable(
+            **{k: meta[k] for k in ("names", "images", "weights", "weights_sha256")},
+            **{k: data[k] for k in _ARRAYS},
+            protocol=EvalProtocol(**meta["protocol"]),
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,8 @@ import yaml
 from pydantic import BaseModel, Field, model_validator
 
 from phase2.evaluation.evaluate import EvalProtocol, EvalResult, evaluate_checkpoint
+from phase2.evaluation.matches import _recording_validator, save_match_table, table_from_records
+from phase2.evaluation.uncertainty import evaluate_table
 from phase2.infra.files import atomic_write_text, sha256_file
 from phase2.training.checkpoints import load_checkpoint
 from phase2.training.history import METRIC_COLUMNS, read_results_csv, ultralytics_fitness_formula
@@ -98,6 +101,9 @@ class SelectionResult(BaseModel):
     candidates_csv: Path
     val: EvalResult
     test: EvalResult | None
+    gate_split: str | None = Field(None, description="the promotion gate's split (test unless the recipe says val)")
+    gate_matches: Path | None = Field(None, description="the winner's per-image match table on the gate split")
+    gate: dict[str, Any] | None = Field(None, description="the winner on the gate split with 95% intervals")
     explanation: list[str]
     summary_md: Path
     selection_json: Path = Field(description="this result as JSON (what the register step and the report read)")
@@ -285,21 +291,39 @@ def select_checkpoint(
     conf: float = 0.001,
     iou: float = 0.7,
     batch: int = 16,
+    gate_split: str = "test",
 ) -> SelectionResult:
     """Re-evaluate every checkpoint of ``run_dir`` on val and pick one by ``policy``.
 
     Writes into ``out_dir``: ``val/<candidate>/`` and ``test/<winner>/`` evaluations,
     ``candidates.csv``, ``selection.md`` and, last, ``selection.json`` (the returned result).
-    The winner is also evaluated on test when the dataset has a test split.
+    The winner is also evaluated on test when the dataset has a test split. The same pass on
+    ``gate_split`` (the promotion gate's) keeps the winner's per-image match table
+    (``<split>/<winner>/matches.npz``) and its 95% intervals, so promotion does not run it again.
     """
     run_dir, data_yaml, out_dir = Path(run_dir), Path(data_yaml).resolve(), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     protocol = EvalProtocol(split="val", imgsz=imgsz, conf=conf, iou=iou, batch=batch)
     evaluate = partial(evaluate_checkpoint, imgsz=imgsz, conf=conf, iou=iou, batch=batch, device=device)
 
+    recorded: dict[str, Any] = {}
+
+    def evaluate_split(path: Path, split: str) -> EvalResult:
+        if split != gate_split:
+            return evaluate(path, data_yaml, split=split, out_dir=out_dir / split / path.stem)
+        result = evaluate(
+            path,
+            data_yaml,
+            split=split,
+            out_dir=out_dir / split / path.stem,
+            validator=_recording_validator(),
+            on_result=lambda metrics: recorded.__setitem__(path.name, metrics.per_image),
+        )
+        return result
+
     candidates = []
     for path, digest, dupes in find_candidates(run_dir):
-        val = evaluate(path, data_yaml, split="val", out_dir=out_dir / "val" / path.stem)
+        val = evaluate_split(path, "val")
         candidates.append(
             Candidate(
                 name=path.name,
@@ -321,7 +345,14 @@ def select_checkpoint(
     test = None
     data = yaml.safe_load(data_yaml.read_text()) or {}
     if data.get("test"):
-        test = evaluate(winner.path, data_yaml, split="test", out_dir=out_dir / "test" / winner.path.stem)
+        test = evaluate_split(winner.path, "test")
+    gate_matches, gate = None, None
+    gate_eval = {"val": winner.val, "test": test}.get(gate_split)
+    if gate_eval is not None and winner.name in recorded:
+        table = table_from_records(recorded[winner.name], list(gate_eval.metrics["per_class"]), gate_eval.protocol)
+        table = replace(table, weights=str(winner.path), weights_sha256=winner.sha256)
+        gate_matches = save_match_table(table, gate_eval.save_dir / "matches.npz")
+        gate = evaluate_table(table)
 
     explanation = []
     if fell_back:
@@ -338,6 +369,9 @@ def select_checkpoint(
         candidates_csv=candidates_csv,
         val=winner.val,
         test=test,
+        gate_split=gate_split,
+        gate_matches=gate_matches,
+        gate=gate,
         explanation=explanation,
         summary_md=out_dir / "selection.md",
         selection_json=out_dir / "selection.json",
@@ -373,6 +407,18 @@ def selection_markdown(result: SelectionResult, ranked: pd.DataFrame) -> str:
             f"**{split}**: mAP50 {overall['mAP50']:.4f}, mAP50-95 {overall['mAP50-95']:.4f}",
             "",
             markdown_table(per_class),
+            "",
+        ]
+    if result.gate:
+        boot, gate = result.gate["bootstrap"], result.gate
+        lines += [
+            f"**{result.gate_split}, the promotion gate's split** ({gate['n_images']} images; 95% intervals: "
+            f"{boot['method']} bootstrap over images, {boot['resamples']} resamples, seed {boot['seed']}): "
+            + ", ".join(
+                f"{name} {entry['value']:.4f} [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}]"
+                for name, entry in gate["metrics"].items()
+                if entry["ci95"]
+            ),
             "",
         ]
     lines += ["### Training-time vs re-evaluation", "", *(f"- {line}" for line in result.explanation)]

@@ -74,6 +74,42 @@ def timings_png(timings: list[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
+def gate_per_class_png(rows: list[dict[str, Any]]) -> bytes | None:
+    """Per-class AP50 and AP50-95 of candidate and production on the gate split, with 95% interval
+    error bars and n per class; ``rows`` are the promotion decision's. None without class rows."""
+    import numpy as np
+
+    metrics = ("AP50", "AP50-95")
+    per_class = {
+        (r["metric"].rsplit(" ", 1)[0], r["metric"].rsplit(" ", 1)[1]): r
+        for r in rows
+        if " " in r["metric"] and r["metric"].rsplit(" ", 1)[1] in metrics
+    }
+    classes = list(dict.fromkeys(name for name, _ in per_class))
+    if not classes:
+        return None
+    fig, axes = _pyplot().subplots(1, 2, figsize=(12, 4))
+    x = np.arange(len(classes))
+    for ax, metric in zip(axes, metrics, strict=True):
+        for offset, who, color in ((-0.2, "candidate", "tab:blue"), (0.2, "production", "tab:gray")):
+            values, low, high = [], [], []
+            for name in classes:
+                row = per_class.get((name, metric)) or {}
+                value, ci = row.get(who), row.get(f"{who}_ci95")
+                values.append(np.nan if value is None else value)
+                low.append(0.0 if value is None or not ci else value - ci[0])
+                high.append(0.0 if value is None or not ci else ci[1] - value)
+            if not np.all(np.isnan(values)):
+                ax.bar(x + offset, values, 0.4, yerr=[low, high], capsize=4, color=color, label=who)
+        labels = [f"{name}\nn={(per_class.get((name, metric)) or {}).get('n', '?')}" for name in classes]
+        ax.set_xticks(x, labels)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{metric} with 95% intervals")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def montage(tiles: list[Path], out: Path, columns: int = 4) -> None:
     """All tiles in one image (W&B shows one image per key)."""
     from PIL import Image

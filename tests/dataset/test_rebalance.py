@@ -463,3 +463,60 @@ def test_cli_rebalance_writes_version_and_refuses_clearly(tmp_path):
     )
     assert refused.exit_code == 1
     assert "at most 5 reachable" in refused.output and not (tmp_path / "no").exists()
+
+
+# ---------------------------------------------------------------- the promotion gate's split (test)
+
+
+def test_test_targets_move_whole_train_groups_into_test_and_leave_val_alone():
+    images, instance_counts = small_dataset()
+    val_only = plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 3}, [])
+    plan = plan_rebalance(images, instance_counts, NAMES, {"toe_drain": 3}, [], test_targets={"rock_toe": 3})
+    assert plan.splits_after["val"] == val_only.splits_after["val"]  # the val moves do not change
+    assert plan.counts_after.instances["test"]["rock_toe"] >= 3 > val_only.counts_after.instances["test"]["rock_toe"]
+    test_moves = [g for g in plan.moved_groups if g.to_split == "test"]
+    assert test_moves and all(g.from_split == "train" for g in test_moves)
+    assert all(n >= 1 for n in plan.counts_after.instances["train"].values() if n is not None)
+    assert plan.counts_after.instances["train"]["rock_toe"] >= 1  # never emptied in its source
+    with pytest.raises(RebalanceImpossible, match=r"test target out of reach .*rock_toe: target 9"):
+        plan_rebalance(images, instance_counts, NAMES, {}, [], test_targets={"rock_toe": 9})
+    without_test = {s: paths for s, paths in images.items() if s != "test"}
+    with pytest.raises(DatasetError, match="no 'test' split"):
+        plan_rebalance(without_test, instance_counts, NAMES, {}, [], test_targets={"rock_toe": 1})
+
+
+def test_real_dataset_test_targets_for_the_gate_split(real_dataset, tmp_path):
+    """The recipe's test targets on the real data: test reaches them by whole train groups, no
+    copy of a photograph ends in two splits, val is the one the val target alone gives, and the
+    seed recipes leave test as it is."""
+    from phase2.dataset.duplicates import find_duplicate_groups
+    from phase2.dataset.layout import resolve_split_images
+    from phase2.dataset.rebalance import rebalance_validation
+    from phase2.training.recipe import load_recipe
+
+    data_yaml = real_dataset / "data.yaml"
+    groups = [[m.image for m in g.members] for g in find_duplicate_groups(resolve_split_images(data_yaml))]
+    recipe = load_recipe("phase2-seed").rebalance.model_copy(update={"test_targets": {"toe_drain": 25}})
+    for name in ("phase2-seed", "phase2-native", "phase2-demo"):
+        assert load_recipe(name).rebalance.test_targets == {}, name
+
+    def run(folder: str, test_targets: dict[str, int]):
+        return rebalance_validation(
+            data_yaml, tmp_path / folder, recipe.targets, duplicate_groups=groups, test_targets=test_targets
+        )
+
+    val_only, first, again = run("val-only", {}), run("a", recipe.test_targets), run("b", recipe.test_targets)
+    assert (tmp_path / "a" / "test.txt").read_bytes() == (tmp_path / "b" / "test.txt").read_bytes()
+    assert first.version_id == again.version_id != val_only.version_id
+    assert (tmp_path / "a" / "val.txt").read_bytes() == (tmp_path / "val-only" / "val.txt").read_bytes()
+    test_before = val_only.counts_after.instances["test"]["toe_drain"]
+    assert test_before < 25 <= first.counts_after.instances["test"]["toe_drain"]
+    moved = [g for g in first.moved_groups if g.to_split == "test"]
+    assert moved and {g.from_split for g in moved} == {"train"}
+    assert sum(g.instances.get("toe_drain", 0) for g in moved) == (
+        first.counts_after.instances["test"]["toe_drain"] - test_before
+    )
+    after = find_duplicate_groups(resolve_split_images(first.data_yaml))
+    assert sum(g.cross_split for g in after) == 0
+    manifest = first.manifest_path.read_text()
+    assert '"test_targets": {\n      "toe_drain": 25\n    }' in manifest

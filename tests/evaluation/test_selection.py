@@ -88,6 +88,23 @@ def test_winner_evaluated_on_test_and_summary_written(fitness_selection):
     assert SelectionResult.model_validate_json(result.selection_json.read_text()) == result
 
 
+def test_the_test_pass_keeps_the_gate_table_for_promotion(fitness_selection):
+    """The winner's one test pass also gives the promotion gate its per-image table: the same
+    numbers as that pass, with intervals (promotion does not evaluate test again)."""
+    from phase2.evaluation.matches import load_match_table
+    from phase2.evaluation.uncertainty import evaluate_table
+
+    result = fitness_selection
+    assert result.gate_split == "test" and result.gate_matches == result.test.save_dir / "matches.npz"
+    table = load_match_table(result.gate_matches)
+    assert table.weights_sha256 == result.winner_sha256 and table.protocol == result.test.protocol
+    assert table.instances() == {c: v["instances"] for c, v in result.test.metrics["per_class"].items()}
+    assert result.gate == evaluate_table(table)
+    for name in ("precision", "recall", "mAP50", "mAP50-95"):
+        assert result.gate["metrics"][name]["value"] == pytest.approx(result.test.metrics["overall"][name], abs=1e-9)
+    assert "**test, the promotion gate's split**" in result.summary_md.read_text()
+
+
 def test_training_time_numbers_and_gap_explanation(fitness_selection):
     result = fitness_selection
     by_name = {c.name: c.training for c in result.candidates}
@@ -174,10 +191,11 @@ def test_policy_validation():
 
 
 def test_promotion_gate_on_real_evaluations(fitness_selection):
-    """The gate on the evaluation protocol's own numbers, with the recipe's real thresholds
-    (max_drop 0.0, toe_drain AP50 >= 0.6, first-model minimum 0.3): the winner against the
-    candidate it beat is promoted; the same model against the rule's floor, or as a first model
-    below the minimum, is refused; a floor on a class the split does not contain is refused."""
+    """The gate on the evaluation protocol's own point numbers (no intervals: it says so), with
+    the recipe's kind of thresholds (margin 0, toe_drain AP50 >= 0.6, first-model minimum 0.3):
+    the winner against the candidate it beat is promoted; the same model against the floor, or
+    as a first model below the minimum, is refused; a floor on a class the split does not
+    contain is refused as insufficient evidence."""
     candidates = sorted(fitness_selection.candidates, key=lambda c: c.val.metrics["overall"]["mAP50-95"])
     worst, best = candidates[0].val.metrics, candidates[-1].val.metrics
     toe_drain = best["per_class"]["toe_drain"]
@@ -185,30 +203,32 @@ def test_promotion_gate_on_real_evaluations(fitness_selection):
     assert toe_drain["AP50"] < 0.6, f"a 2-epoch model reached toe_drain AP50 {toe_drain['AP50']}: no floor to show"
     assert best["overall"]["mAP50-95"] < 0.3, "a 2-epoch model reached mAP50-95 0.3: no first-model refusal to show"
 
-    not_worse = PromotionRule(metric="mAP50-95", max_drop=0.0, per_class_min={"toe_drain": {"AP50": 0.0}})
+    few = {"margin": 0.0, "min_instances": 1}  # 4 val images: every class is below the default 10
+    not_worse = PromotionRule(metric="mAP50-95", per_class_min={"toe_drain": {"AP50": 0.0}}, **few)
     promoted = decide_promotion(best, worst, not_worse, production_version=1)
     assert promoted.promote, promoted.reasons
     row = next(r for r in promoted.rows if r.metric == "mAP50-95")
     assert (row.candidate, row.production) == (best["overall"]["mAP50-95"], worst["overall"]["mAP50-95"])
-    assert row.requirement.endswith("(production - 0.0)") and row.passed
+    assert row.requirement == "Δ (no interval) >= -0" and row.passed
 
     recipe = PromotionRule(
-        metric="mAP50-95",
-        max_drop=0.0,
-        per_class_min={"toe_drain": {"AP50": 0.6}},
-        absolute_min={"mAP50-95": 0.3},
+        metric="mAP50-95", per_class_min={"toe_drain": {"AP50": 0.6}}, absolute_min={"mAP50-95": 0.3}, **few
     )
     below_floor = decide_promotion(best, worst, recipe, production_version=1)
     assert not below_floor.promote
     assert [r for r in below_floor.reasons if r.startswith("FAIL")] == [
-        f"FAIL toe_drain AP50 = {toe_drain['AP50']:.4f} (needs >= 0.6)"
+        f"FAIL toe_drain AP50 = {toe_drain['AP50']:.4f}, n={toe_drain['instances']} (needs value (no interval) >= 0.6)"
     ], below_floor.reasons
     first = decide_promotion(best, None, recipe)
     assert not first.promote
-    assert f"FAIL mAP50-95 = {best['overall']['mAP50-95']:.4f} (needs >= 0.3 (first model))" in first.reasons
+    assert (
+        f"FAIL mAP50-95 = {best['overall']['mAP50-95']:.4f}, n=? (needs value (no interval) >= 0.3 (first model))"
+        in first.reasons
+    )
 
     absent = [name for name, v in best["per_class"].items() if v["instances"] == 0]
     assert absent, "every class occurs in this val subset: no absent-class floor to show"
-    on_absent = PromotionRule(metric="mAP50-95", max_drop=0.0, per_class_min={absent[0]: {"AP50": 0.0}})
+    on_absent = PromotionRule(metric="mAP50-95", per_class_min={absent[0]: {"AP50": 0.0}}, **few)
     missing = decide_promotion(best, worst, on_absent, production_version=1)
-    assert not missing.promote and f"FAIL {absent[0]} AP50 = missing (needs >= 0.0)" in missing.reasons
+    assert not missing.promote and missing.insufficient == {absent[0]: 0}
+    assert any(r.startswith(f"FAIL insufficient evidence for {absent[0]} (0 instances") for r in missing.reasons)
