@@ -1,4 +1,4 @@
-"""The Phase 2 pipeline: validate → rebalance → fine-tune → select → register → promote → report.
+"""The Phase 2 pipeline: validate → what changed → rebalance → fine-tune → select → register → promote → report.
 
 Only orchestration lives here: parameters, task order, and the small values (paths, URIs,
 ids) passed between tasks. Each task is in tasks/ (one module per stage); the work it calls is
@@ -15,8 +15,10 @@ from pydantic import Field
 from phase2.infra import notifications
 from phase2.infra.settings import DEFAULT_MODEL_NAME
 from phase2.training.recipe import Recipe
+from tasks.diff import dataset_changes
 from tasks.fine_tune import train
 from tasks.finish import finish_run
+from tasks.label_review import label_review
 from tasks.plan import plan_run
 from tasks.promote import promote
 from tasks.rebalance import rebalance
@@ -63,9 +65,11 @@ def phase2(
         print(ctx.skip_reason)
         return {"status": "skipped", "reason": ctx.skip_reason}
     validation = validate(data, ctx)
+    changes = dataset_changes(data, ctx, announce=skip_if_unchanged)  # since production's data; scheduled: webhook
     dataset = rebalance(data, validation, ctx)
     trained = train(dataset, validation, ctx)
     selection = select(trained, dataset, validation, ctx)
+    label_review(selection.winner, dataset.data_yaml, selection.val.protocol.imgsz, ctx)
     registered = register(selection, trained, dataset, ctx)
     decision = promote(registered, selection, dataset, ctx)
     review = build_report(registered, selection, decision, dataset, ctx)
@@ -78,7 +82,9 @@ def phase2(
             "manifest": registered.manifest_uri,
             "selected": selection.winner_name,
             "val_mAP50": selection.val.metrics["overall"]["mAP50"],
+            "gate": decision.summary(),  # the promotion gate's numbers on its split, each with ci95 and n
             "dataset_version": dataset.version_id,
+            "what_changed": changes.summary,
             "run_uri": trained.run_uri,
             "report": review.uri,
             "wandb_report": review.wandb_report,

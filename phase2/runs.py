@@ -22,7 +22,9 @@ from phase2.infra.files import sha256_bytes
 from phase2.infra.settings import state_dir
 from phase2.training.recipe import Recipe
 
-Stage = Literal["validation", "dataset", "train", "selection", "production", "production-eval", "report"]
+Stage = Literal[
+    "validation", "dataset", "train", "selection", "label-review", "production", "production-eval", "report"
+]
 PIPELINE_DIR = "pipeline"
 FLOW_RUNS_DIR = "flow-runs"
 S3_RUNS_PREFIX = "runs"
@@ -154,6 +156,7 @@ class RunContext(BaseModel):
     baseline: str
     flow_run_id: str | None = None
     skip_reason: str | None = None
+    wandb_group: str | None = None  # the W&B group; None: the model name (a recipe study groups its runs)
 
     @property
     def run_key(self) -> str:

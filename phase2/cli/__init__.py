@@ -6,7 +6,7 @@ conventions are in :mod:`phase2.cli.base`; commands are grouped by concern in th
 live beside their library (``phase2/<package>/commands.py``) and are registered here.
 """
 
-from phase2.cli import dataset, evaluation, registry, stack  # noqa: F401  (registers the commands)
+from phase2.cli import dataset, deploy, evaluation, registry, stack, study  # noqa: F401  (registers the commands)
 from phase2.cli.base import app, examples
 from phase2.dataset.commands import CONVERT_SEGMENTS_EXAMPLES, convert_segments
 

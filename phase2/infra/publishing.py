@@ -84,7 +84,7 @@ def tracker(ctx: RunContext) -> Tracker:
             "flow_run_id": ctx.flow_run_id,
         }
         _trackers[ctx.run_key] = Tracker(
-            ctx.run_key, name=f"{ctx.model_name}-{ctx.run_key}", config=config, group=ctx.model_name
+            ctx.run_key, name=f"{ctx.model_name}-{ctx.run_key}", config=config, group=ctx.wandb_group or ctx.model_name
         )
     return _trackers[ctx.run_key]
 

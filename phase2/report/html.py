@@ -21,8 +21,10 @@ import yaml
 from jinja2 import Environment, PackageLoader
 
 from phase2.evaluation.evaluate import PLOT_FILES
+from phase2.evaluation.label_review import QUEUE_CSV, SUMMARY_JSON, TILES_DIR
+from phase2.evaluation.promotion import with_interval
 from phase2.infra.files import atomic_write_text
-from phase2.report.charts import timings_png, training_curves_png
+from phase2.report.charts import gate_per_class_png, timings_png, training_curves_png
 from phase2.report.inputs import (
     CANDIDATES_CSV,
     MODEL_COLUMNS,
@@ -121,7 +123,10 @@ def build_html_report(
             "production_version": (promotion or {}).get("production_version"),
         },
         "detections": _detections_section(layout, minority_class),
+        "label_review": _label_review_section(layout),
         "promotion": promotion,
+        "promotion_chart": _gate_chart(promotion),
+        "interval": with_interval,
         "timings": timings,
         "timings_chart": _image("Task run durations", timings_png(timings), "image/png")
         if any(t.get("duration_s") is not None for t in timings)
@@ -147,6 +152,11 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def _gate_chart(promotion: dict[str, Any] | None) -> dict[str, str] | None:
+    chart = gate_per_class_png((promotion or {}).get("rows") or [])
+    return _image("Promotion gate per class with 95% intervals", chart, "image/png") if chart else None
 
 
 def _value_attr(value: Any) -> str:
@@ -198,7 +208,38 @@ def _dataset_section(layout: RunLayout) -> dict[str, Any]:
         section["missing"].append(shown_name(layout, balance_csv))
     if class_counts_png.is_file():
         section["images"].append(_image("Instances per class and split (source dataset)", class_counts_png))
+    changes = read_json(dataset / "changes.json")  # the dataset_changes task: since production's data
+    if changes is not None:
+        section["what_changed"] = _what_changed(changes)
     return section
+
+
+def _what_changed(changes: dict[str, Any]) -> dict[str, Any]:
+    """The "What changed" tables: images added/removed/modified/moved, label changes, class counts."""
+    diff = changes.get("diff") or {"images": {}, "labels": {"changed": []}, "per_class": {}}
+    images = [
+        {"change": kind, "image": " -> ".join(p) if isinstance(p, list) else p}
+        for kind, paths in diff["images"].items()
+        for p in paths
+    ]
+    labels = [
+        {
+            "image": c["image"],
+            **{k.replace("_", " "): len(c[k]) for k in ("added", "removed", "class_changed", "moved")},
+        }
+        for c in diff["labels"]["changed"]
+    ]
+    per_class = [
+        {"split": split, "class": name, "old": n["old"], "new": n["new"]}
+        for split, classes in diff["per_class"].items()
+        for name, n in classes.items()
+    ]
+    return {
+        "summary": changes["summary"],
+        "images": _table(pd.DataFrame(images, columns=["change", "image"])),
+        "labels": _table(pd.DataFrame(labels, columns=["image", "added", "removed", "class changed", "moved"])),
+        "per_class": _table(pd.DataFrame(per_class, columns=["split", "class", "old", "new"])),
+    }
 
 
 def _validation_findings(report: dict[str, Any]) -> dict[str, Any]:
@@ -341,3 +382,30 @@ def _detections_section(layout: RunLayout, minority_class: str | None) -> dict[s
             }
         )
     return {"missing": [], "tiles": tiles, "conf": manifest["conf"], "imgsz": manifest["imgsz"]}
+
+
+def _label_review_section(layout: RunLayout) -> dict[str, Any]:
+    """The label review's worst images (label-review/label_review.json and its tiles)."""
+    folder = layout.stage_dir("label-review")
+    summary = read_json(folder / SUMMARY_JSON)
+    if summary is None:
+        return {"missing": [f"{shown_name(layout, folder / SUMMARY_JSON)} (label review off or not run)"], "tiles": []}
+    tiles = [
+        {
+            **_image(Path(row["image"]).name, folder / TILES_DIR / row["tile"]),
+            **{k: row[k] for k in ("rank", "split", "issue", "suspect", "minority")},
+            "score": f"{row['score']:.4f}",
+        }
+        for row in summary["shown"]
+    ]
+    settings = summary["settings"]
+    return {
+        "missing": [],
+        "tiles": tiles,
+        "n_images": summary["n_images"],
+        "n_flagged": summary["n_flagged"],
+        "issues": summary["issues"],
+        "splits": ", ".join(summary["splits"]),
+        "protocol": f"imgsz {summary['imgsz']}, conf {settings['conf']:g}",
+        "queue": shown_name(layout, folder / QUEUE_CSV),
+    }

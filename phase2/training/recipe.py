@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from phase2.deploy.settings import ExportSettings
+from phase2.evaluation.label_review import LabelReviewSettings
 from phase2.evaluation.promotion import PromotionRule
 from phase2.evaluation.selection import SelectionPolicy
 
@@ -109,6 +111,10 @@ class RebalanceSettings(BaseModel):
         default_factory=dict,
         description=f"Val instances wanted per class; unset: the minority class to {DEFAULT_MINORITY_VAL_TARGET}.",
     )
+    test_targets: dict[str, int] = Field(
+        default_factory=dict,
+        description="Test (promotion gate split) instances wanted per class, moved from train; unset: test as is.",
+    )
     seed: int = 0
 
 
@@ -139,6 +145,8 @@ class Recipe(BaseModel):
     rebalance: RebalanceSettings = Field(default_factory=RebalanceSettings)
     selection: SelectionPolicy = Field(default_factory=SelectionPolicy)
     promotion: PromotionRule = Field(default_factory=PromotionRule)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    label_review: LabelReviewSettings = Field(default_factory=LabelReviewSettings)
 
     @model_validator(mode="after")
     def _class_names_are_known(self) -> Recipe:
@@ -151,6 +159,7 @@ class Recipe(BaseModel):
         named = {
             "minority_class": [self.minority_class],
             "rebalance.targets": list(self.rebalance.targets),
+            "rebalance.test_targets": list(self.rebalance.test_targets),
             "selection.class_floors": list(self.selection.class_floors),
             "promotion.per_class_min": list(self.promotion.per_class_min),
         }

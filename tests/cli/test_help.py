@@ -27,6 +27,9 @@ COMMANDS = [
     ("convert-segments",),
     ("evaluate",),
     ("compare",),
+    ("export",),
+    ("predict",),
+    ("study",),
 ]
 
 

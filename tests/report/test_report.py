@@ -110,6 +110,7 @@ def test_report_sections_from_a_real_run(pipeline_run):
         "per-class",
         "plots",
         "detections",
+        "label-review",
         "timings",
     ]
     assert page.external == []  # self-contained: no scripts, stylesheets or remote images
@@ -228,6 +229,7 @@ def test_missing_parts_are_named_not_fatal(pipeline_run, tmp_path):
         "report/promotion.json",
         "report/timings.json",
         "report/detections/detections.json",
+        "label-review/label_review.json",
     ):
         assert f"Not available: {missing}" in text
     assert [img["data-name"] for img in page.images] == ["Training curves per epoch"]

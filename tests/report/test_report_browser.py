@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+from html import unescape as html_unescape
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,10 @@ def test_report_renders_in_chromium(chromium, pipeline_run, tmp_path):
         match.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
     )
 
+    # "What changed" since production's data: the dataset_changes task's summary, as the flow returned it.
+    what_changed = re.search(r'<p id="what-changed">(.*?)</p>', dom.stdout, re.S)
+    assert what_changed and html_unescape(what_changed.group(1)) == run["summary"]["what_changed"]
+
     images = result["images"]
     names = [i["name"] for i in images]
     for expected in (
@@ -86,8 +91,34 @@ def test_report_renders_in_chromium(chromium, pipeline_run, tmp_path):
         "Task run durations",
     ):
         assert expected in names
+    # The promotion gate (test split, paired with production): each checked number with its 95%
+    # interval and n, in the page as in the flow's summary, and the per-class chart with error bars.
+    gate = run["summary"]["gate"]
+    assert gate["split"] == "test" and gate["n_images"] > 0 and gate["checks"]
+    assert "Promotion gate per class with 95% intervals" in names
+    for metric, check in gate["checks"].items():
+        row = re.search(rf'<tr data-gate-metric="{re.escape(metric)}">(.*?)</tr>', dom.stdout, re.S)
+        assert row, metric
+        cells = [html_unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)]
+        low, high = check["ci95"]
+        assert cells[1] == str(check["n"]) and cells[2] == f"{check['value']:.4f} [{low:.4f}, {high:.4f}]", cells
+        if "delta_ci95" in check:
+            low, high = check["delta_ci95"]
+            assert cells[4] == f"{check['delta']:+.4f} [{low:+.4f}, {high:+.4f}]", cells
     tiles = json.loads((run["layout"].stage_dir("report") / "detections" / "detections.json").read_text())["tiles"]
     assert sum(i["cls"] == "tile" for i in images) == len(tiles) > 0
+    # Label review: the worst images the review step drew, in its order, each with its score and issue.
+    review = json.loads((run["layout"].stage_dir("label-review") / "label_review.json").read_text())
+    assert [i["name"] for i in images if i["cls"] == "review-tile"] == [Path(r["image"]).name for r in review["shown"]]
+    captions = re.findall(
+        r'class="review-caption" data-rank="(\d+)" data-score="([\d.]+)" data-issue="([^"]*)"', dom.stdout
+    )
+    assert captions == [(str(r["rank"]), f"{r['score']:.4f}", r["issue"]) for r in review["shown"]]
+    assert 0 < len(captions) <= review["settings"]["top_n"]
+    shown_first = [r["minority"] and r["issue"] != "none" for r in review["shown"]]
+    assert shown_first == sorted(shown_first, reverse=True)  # minority-class images with an issue first
+    queue_csv = run["layout"].stage_dir("label-review") / "review_queue.csv"  # the full queue, in S3 too
+    assert run["store"].get_bytes(run["layout"].stage_key("label-review", queue_csv.name))[0] == queue_csv.read_bytes()
     broken = [i for i in images if not (i["complete"] and i["width"] > 0 and i["height"] > 0 and i["shown"] > 0)]
     assert not broken, broken
 
