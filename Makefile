@@ -20,9 +20,9 @@ venv: $(STAMP)
 run: venv
 	$(BIN)/phase2 run $(if $(DATA),--data $(DATA)) $(if $(BASELINE),--baseline $(BASELINE)) $(if $(RECIPE),--recipe $(RECIPE))
 
-## the fast suite; `make test-all` adds the slow, marked tests. CI (.ci/run) runs
-## TEST_SELECTION="not slow or reliability": the fast suite plus every slow test behind a row of
-## docs/reliability.md (the `reliability` mark is set on each test using the reliability_log fixture)
+## the fast suite (CI); `make test-all` adds the slow, marked tests; TEST_SELECTION="not slow or
+## reliability" adds every slow test behind a row of docs/reliability.md (the `reliability` mark is
+## set on each test using the reliability_log fixture): ~35 min on 2 cores, over CI's 30 min budget
 TEST_SELECTION ?= not slow
 test: venv
 	$(BIN)/python -m pytest -m "$(TEST_SELECTION)" $(PYTEST_ARGS)
