@@ -312,3 +312,16 @@ def test_wandb_report_panels_show_what_the_run_logged(pipeline_run):
     run_dir = Path(pipeline_run["summary"]["wandb_run"].removeprefix("offline:"))
     logged = {key.split(".", 1)[0] for row in offline_history(run_dir) for key in row}  # media/tables: key.path
     assert plotted | media | tables <= logged, sorted((plotted | media | tables) - logged)
+
+
+def test_the_flow_registers_an_onnx_export_with_parity_and_a_model_card(pipeline_run):
+    """#15 through the real flow: the version has its export, parity on the gate split, and the card."""
+    version = pipeline_run["version"]
+    onnx = version.exports["onnx"]
+    assert onnx.parity is not None, onnx.reason
+    parity = onnx.parity
+    assert parity.split == "test" and parity.n_images == 3  # the fixture's test split: 3 images
+    assert parity.delta_map50 == pytest.approx(abs(parity.map50_export - parity.map50_pt), abs=1e-12)
+    assert parity.delta_map50_95 == pytest.approx(abs(parity.map50_95_export - parity.map50_95_pt), abs=1e-12)
+    assert onnx.path in version.files and all(f in version.files for f in onnx.files)
+    assert {"MODEL_CARD.md", "model_card.json"} <= set(version.files)
