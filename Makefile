@@ -20,10 +20,9 @@ venv: $(STAMP)
 run: venv
 	$(BIN)/phase2 run $(if $(DATA),--data $(DATA)) $(if $(BASELINE),--baseline $(BASELINE)) $(if $(RECIPE),--recipe $(RECIPE))
 
-## the fast suite (CI); `make test-all` adds the slow, marked tests; TEST_SELECTION="not slow or
-## reliability" adds every slow test behind a row of docs/reliability.md (the `reliability` mark is
-## set on each test using the reliability_log fixture): ~35 min on 2 cores, over CI's 30 min budget
-TEST_SELECTION ?= not slow
+## the fast suite plus every slow test behind a row of docs/reliability.md (the `reliability` mark is
+## set on each test using the reliability_log fixture): what CI runs; `make test-all` adds the rest
+TEST_SELECTION ?= not slow or reliability
 test: venv
 	$(BIN)/python -m pytest -m "$(TEST_SELECTION)" $(PYTEST_ARGS)
 

@@ -39,7 +39,7 @@ from phase2.training.fine_tune import (
     read_results,
 )
 from tests.dataset.builders import edit_yaml, make_dataset, noise_jpeg, yaml_line
-from tests.plugins.flow_runs import flow_env, start_flow, tiny_recipe_file
+from tests.plugins.flow_runs import NO_EXPORT_NO_REVIEW, flow_env, start_flow, tiny_recipe_file
 
 PHASE2 = str(Path(sys.executable).with_name("phase2"))
 WRONG_SECRET = "wrong-canary-secret-Kd82jsLq0"
@@ -419,7 +419,8 @@ def test_prefect_server_restart_mid_training_then_rerun_skips_finished_training(
     params = {
         "data": str(small_real_dataset),
         "baseline": "yolo11n.yaml",
-        "recipe_name": str(tiny_recipe_file(tmp_path, epochs=4)),
+        # The outage is the subject: no export or label review in either of the two flows.
+        "recipe_name": str(tiny_recipe_file(tmp_path, NO_EXPORT_NO_REVIEW, epochs=4)),
         "run_name": "server-restart",
     }
     # The client logs each failed attempt it will retry; that line is the proof of a call in the outage.

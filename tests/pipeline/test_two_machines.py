@@ -151,7 +151,8 @@ def test_run_killed_on_one_machine_completes_on_another_from_s3(
     summary = json.loads(flow_run_summary_path(second_id, machine_b).read_text())
     complete = json.loads((train_b / "COMPLETE.json").read_text())
     # Resumed from the checkpoint machine A published (B never trained those epochs), to the end.
-    assert 1 <= complete["resumed_from_epoch"] <= epochs_on_a
+    resumed = complete["resumed_from_epoch"]
+    assert resumed is not None and 1 <= resumed <= epochs_on_a, f"machine B did not resume from S3: {complete}"
     assert complete["epochs_completed"] == EPOCHS
     assert complete["epochs_trained_this_attempt"] == EPOCHS - complete["resumed_from_epoch"]
     # The same W&B run id on both hosts; B logs only the epochs it trained. (A's offline W&B files may

@@ -107,9 +107,14 @@ def start_flow(state: Path, env: dict[str, str], **parameters: Any) -> FlowProce
     return FlowProcess(proc, state, output)
 
 
-def tiny_recipe_file(folder: Path, **train: Any) -> Path:
-    """TINY_RECIPE (with ``train`` overrides) as a recipe file in ``folder``."""
-    recipe = {**TINY_RECIPE, "train": {**TINY_RECIPE["train"], **train}}
+# Recipe sections for tests whose subject is not the stages after registration's copy: no ONNX
+# export + parity pass, no label review (each a few CPU-s a flow, multiplied by concurrent flows).
+NO_EXPORT_NO_REVIEW: dict[str, Any] = {"export": {"formats": []}, "label_review": {"enabled": False}}
+
+
+def tiny_recipe_file(folder: Path, sections: dict[str, Any] | None = None, **train: Any) -> Path:
+    """TINY_RECIPE (with ``train`` overrides and whole recipe ``sections``) as a recipe file in ``folder``."""
+    recipe = {**TINY_RECIPE, **(sections or {}), "train": {**TINY_RECIPE["train"], **train}}
     path = folder / "tiny-recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

@@ -111,7 +111,7 @@ def test_eight_concurrent_flows_on_one_registry(seaweedfs, small_real_dataset, t
     """8 whole phase2 flows at once (own process and state dir each, tiny data, 1 epoch) against one
     Prefect server, one SeaweedFS bucket and one registry."""
     from phase2.infra.prefect_stack import PrefectServer, free_port
-    from tests.plugins.flow_runs import flow_env, start_flow, tiny_recipe_file
+    from tests.plugins.flow_runs import NO_EXPORT_NO_REVIEW, flow_env, start_flow, tiny_recipe_file
 
     bucket = f"load-{uuid.uuid4().hex[:8]}"
     s3_env = {**seaweedfs.env(), "PHASE2_S3_BUCKET": bucket}
@@ -124,8 +124,9 @@ def test_eight_concurrent_flows_on_one_registry(seaweedfs, small_real_dataset, t
         )
     )
     store.ensure_bucket()
-    # No Ultralytics training plots (seaborn label plots, ~10 CPU-s a flow); selection plots its own.
-    recipe = tiny_recipe_file(tmp_path, epochs=1, save_period=-1, plots=False)
+    # What is under load is the registry, not the stages around it: no Ultralytics training plots
+    # (seaborn label plots, ~10 CPU-s a flow), no export, no label review.
+    recipe = tiny_recipe_file(tmp_path, NO_EXPORT_NO_REVIEW, epochs=1, save_period=-1, plots=False)
     server = PrefectServer(tmp_path / "server", port=free_port(), ui=False).start()
     try:
         flows = [
