@@ -69,6 +69,7 @@ def validate(
     "rebalance",
     epilog=examples(
         "phase2 rebalance data.yaml --target toe_drain=18 --out rebalanced/",
+        "phase2 rebalance data.yaml --target toe_drain=18 --test-target toe_drain=25 --out rebalanced/",
         "phase2 validate rebalanced/data.yaml",
     ),
 )
@@ -82,9 +83,14 @@ def rebalance(
     phash_threshold: Annotated[int, typer.Option(help="Near-duplicate Hamming distance (-1: exact only).")] = 4,
     leak_priority: Annotated[str, typer.Option(help="Split that keeps a leaked group, first wins.")] = "train,val,test",
     move_test: Annotated[bool, typer.Option(help="Also take groups from test to reach the targets.")] = False,
+    test_target: Annotated[
+        list[str] | None,
+        typer.Option(help="Test (promotion gate) instances wanted, CLASS=N (repeatable): whole train groups move."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """Repair cross-split duplicate leaks, then raise val class instances to targets (whole groups only)."""
+    """Repair cross-split duplicate leaks, then raise val (and, with --test-target, test) class
+    instances to targets (whole groups only)."""
     from phase2.dataset.rebalance import parse_targets, rebalance_validation
 
     json_mode(as_json)
@@ -96,6 +102,7 @@ def rebalance(
         phash_threshold=phash_threshold,
         leak_priority=[s.strip() for s in leak_priority.split(",")],
         move_test=move_test,
+        test_targets=parse_targets(test_target or []),
     )
     if as_json:
         print_json(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -463,6 +464,18 @@ def test_cli_rebalance_writes_version_and_refuses_clearly(tmp_path):
     )
     assert refused.exit_code == 1
     assert "at most 5 reachable" in refused.output and not (tmp_path / "no").exists()
+
+    # --test-target: whole train groups move into test until it holds the gate's instances.
+    args = ["rebalance", str(data_yaml), "--target", "toe_drain=3", "--test-target", "rock_toe=3"]
+    gated = runner.invoke(app, [*args, "--phash-threshold", "-1", "--out", str(tmp_path / "gate"), "--json"])
+    assert gated.exit_code == 0, gated.output
+    test_images = [Path(line) for line in (tmp_path / "gate" / "test.txt").read_text().split()]
+    labels = [Path(str(p).replace("/images/", "/labels/")).with_suffix(".txt") for p in test_images]
+    rock_toe = sum(line.split()[0] == "0" for label in labels for line in label.read_text().splitlines())
+    assert rock_toe >= 3 > sum(instance_counts[p][0] for p in images["test"])  # raw counts: 1 before
+    moved = {p.name for p in test_images} - {p.name for p in images["test"]}
+    assert moved and moved <= {p.name for p in images["train"]}, moved
+    assert json.loads(gated.output)["moved_groups"] >= len(moved) > 0
 
 
 # ---------------------------------------------------------------- the promotion gate's split (test)
