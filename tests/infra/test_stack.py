@@ -21,7 +21,9 @@ def _pids(stack: LocalStack) -> dict[str, int | None]:
     return {name: record.pid if record else None for name, record in records.items()}
 
 
-def test_up_and_down_are_idempotent(tmp_path):
+def test_up_and_down_are_idempotent_and_every_service_is_recorded(tmp_path):
+    """Also what .ci/run's clean-up walks: one record per service, each naming a live process
+    started at the recorded time (one stack start serves both checks)."""
     state = tmp_path / "state"
     stack = LocalStack(
         state,
@@ -34,6 +36,9 @@ def test_up_and_down_are_idempotent(tmp_path):
         stack.up(deploy=False)
         first = _pids(stack)
         assert all(first.values()), first
+        records = {path.name: record for path, record in find_records([tmp_path])}
+        assert set(records) == {"instance.pid.json", "server.pid.json", "worker.pid.json"}
+        assert all(process_alive(r.pid, r.created_at) and r.created_at for r in records.values())
         assert stack.server.healthy()
         stack.up(deploy=False)  # a second `up` reuses what runs
         assert _pids(stack) == first
@@ -74,19 +79,6 @@ def test_a_record_whose_pid_was_reused_is_not_running(tmp_path):
 
 def _stack(state: Path) -> LocalStack:
     return LocalStack(state, prefect_port=free_port(), ui=False, seaweedfs=SeaweedFS(state, ports=SeaweedPorts.free()))
-
-
-def test_every_service_is_recorded_with_its_create_time(tmp_path):
-    """What .ci/run's clean-up walks: one record per service, each naming a live process started
-    at the recorded time."""
-    stack = _stack(tmp_path / "state")
-    try:
-        stack.up(deploy=False)
-        records = {path.name: record for path, record in find_records([tmp_path])}
-        assert set(records) == {"instance.pid.json", "server.pid.json", "worker.pid.json"}
-        assert all(process_alive(r.pid, r.created_at) and r.created_at for r in records.values())
-    finally:
-        stack.down()
 
 
 def test_stop_started_leaves_a_stack_it_did_not_start(tmp_path):
