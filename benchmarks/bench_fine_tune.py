@@ -7,7 +7,10 @@
   penalize either side), on the same copy of the real dataset, --repeats interleaved pairs.
   Prints the paired wall-time ratio task/bare (median, min, max; target <= 1.03), s/epoch of each,
   and the task's fixed cost in seconds (its time outside Ultralytics' epoch loop less bare
-  Ultralytics' own: child start, W&B init, S3 uploads, summary).
+  Ultralytics' own: child start, W&B init, S3 uploads, summary), and the CPU seconds per epoch of
+  each process and thread (bench process, training child, wandb-core, SeaweedFS, Prefect server),
+  over whole runs and over epochs 2..N only. --services-nice 19 runs the local SeaweedFS and
+  Prefect server (stand-ins for remote ones) below training's priority.
 --seed-vs-native: the seed recipe (configs/phase2-seed.yaml, 640 px) versus the native recipe
   (phase2-native.yaml, 320 px) through fine_tune, from the same start weights for the same epochs, on
   the pipeline's rebalanced (leak-free) copy of the real dataset: s/epoch ratio, each recipe's own
@@ -16,6 +19,7 @@
   (yolo11n.yaml, 320 px, --baseline-epochs) unless --start-weights is given; --work keeps it for re-runs.
 
 Run: .venv/bin/python benchmarks/bench_fine_tune.py --compare-bare --epochs 3 --repeats 5 [--train-images 32]
+       [--services-nice 19]
      .venv/bin/python benchmarks/bench_fine_tune.py --seed-vs-native --epochs 10 --work /tmp/bench-svn
 """
 
@@ -112,11 +116,114 @@ def task_context(run_key: str, recipe, data_yaml: Path, imgsz: int):
     return dataset, validation, ctx
 
 
+def _process_kind(proc) -> str:
+    """Which part of the benchmark a process of its tree is (for CPU accounting)."""
+    command = " ".join(proc.cmdline())
+    for marker, kind in (
+        ("wandb-core", "W&B service (wandb-core)"),
+        ("weed", "SeaweedFS"),
+        ("phase2.training.fine_tune", "training child"),
+        ("entrypoint()", "training child"),
+        ("prefect", "Prefect server"),
+    ):
+        if marker in command or marker in proc.name():
+            return kind
+    return proc.name()
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process, each of its threads, the children
+    it already reaped (a finished training child) and each live descendant, by kind. CPU time is
+    what the task's helpers take from training on a full machine, and it can be measured on a
+    loaded one, unlike wall time."""
+    import threading
+
+    import psutil
+
+    me = psutil.Process()
+    times = os.times()
+    out = {
+        "bench process (all threads)": times.user + times.system,
+        "reaped children": times.children_user + times.children_system,
+    }
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    for thread in me.threads():
+        out[f"thread {thread.id} {names.get(thread.id, '?')}"] = thread.user_time + thread.system_time
+    for child in me.children(recursive=True):
+        try:
+            kind, used = _process_kind(child), child.cpu_times()
+        except psutil.Error:
+            continue
+        out[kind] = out.get(kind, 0.0) + used.user + used.system
+    return out
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds used between two `cpu_seconds()` snapshots, by part; threads that ended in
+    between (e.g. the checkpoint uploader's) are the rest of the bench process's total."""
+    used = {key: value - before.get(key, 0.0) for key, value in after.items()}
+    threads = {key: value for key, value in used.items() if key.startswith("thread ")}
+    used["threads that ended"] = used["bench process (all threads)"] - sum(threads.values())
+    # The training child ran and was reaped in between: its CPU shows in "reaped children".
+    used["training child"] = used.pop("reaped children") + used.get("training child", 0.0)
+    by_part: dict[str, float] = {}
+    for key, value in used.items():
+        part = "thread " + key.split(" ", 2)[2] if key.startswith("thread ") else key
+        by_part[part] = by_part.get(part, 0.0) + value
+    return by_part
+
+
+class EpochWindowCPU:
+    """`cpu_seconds()` when the run's results.csv gets its first row and when it gets its last:
+    the CPU each part used over epochs 2..N (training, validation and the saves and uploads of
+    epochs 1..N-1), without either side's start-up and final validation. Watched by a thread
+    that stats the file four times a second (the same in bare and task runs)."""
+
+    def __init__(self, results_csv: Path, epochs: int):
+        import threading
+
+        self.results_csv, self.epochs = results_csv, epochs
+        self.snapshots: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="bench-cpu-window", daemon=True)
+
+    def _rows(self) -> int:
+        try:
+            return max(0, len(self.results_csv.read_text().splitlines()) - 1)
+        except OSError:
+            return 0
+
+    def _watch(self) -> None:
+        size = -1
+        while not self._stop.wait(0.25) and len(self.snapshots) < 2:
+            try:
+                now = self.results_csv.stat().st_size
+            except OSError:
+                continue
+            if now != size:
+                size, rows = now, self._rows()
+                if rows >= (1 if not self.snapshots else self.epochs):
+                    self.snapshots.append(cpu_seconds())
+
+    def __enter__(self) -> EpochWindowCPU:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def per_epoch(self) -> dict[str, float]:
+        if len(self.snapshots) < 2 or self.epochs < 2:
+            return {}
+        return {part: value / (self.epochs - 1) for part, value in cpu_used(*self.snapshots).items()}
+
+
 def spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.3f}, min {min(values):.3f}, max {max(values):.3f}"
 
 
-def compare_bare(work: Path, epochs: int, repeats: int, train_images: int | None) -> None:
+def compare_bare(work: Path, epochs: int, repeats: int, train_images: int | None, services_nice: int = 0) -> None:
     """Task vs bare `yolo train`, same arguments and the same torch threads, `repeats` interleaved
     pairs (ABBA order). The task is tasks/fine_tune.py's Prefect task run inside a Prefect flow (a
     real Prefect server, W&B offline, checkpoints to a real SeaweedFS), timed around the task call."""
@@ -126,6 +233,7 @@ def compare_bare(work: Path, epochs: int, repeats: int, train_images: int | None
     from phase2.infra.prefect_stack import PrefectServer, free_port
     from phase2.infra.publishing import finish_tracker
     from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
+    from phase2.runs import RunLayout
     from tasks.fine_tune import train as fine_tune_task
 
     data_yaml = copy_dataset(work / "data", train_images)
@@ -157,14 +265,31 @@ def compare_bare(work: Path, epochs: int, repeats: int, train_images: int | None
     # Stopped at interpreter exit, not before: Prefect's log and event workers flush to the server
     # when the interpreter shuts down, and hang on one already stopped (atexit runs last-in first-out).
     atexit.register(s3.stop)
+    if services_nice:
+        # Stand-ins for the remote S3 and Prefect API of a deployment, kept off training's cores'
+        # share; their CPU is still counted (printed below).
+        import psutil
+
+        for proc in psutil.Process().children(recursive=True):
+            if _process_kind(proc) in ("SeaweedFS", "Prefect server"):
+                proc.nice(services_nice)
     atexit.register(server.stop)
     os.environ.update({**s3.env(), "PHASE2_S3_BUCKET": "bench-fine-tune"})
     runs: dict[str, list[dict[str, float]]] = {"bare": [], "task": []}
+    cpu: dict[str, list[dict[str, float]]] = {"bare": [], "task": []}
+    cpu_in_epochs: dict[str, list[dict[str, float]]] = {"bare": [], "task": []}
     with temporary_settings({PREFECT_API_URL: server.api_url}):
         for i in range(repeats):
             order = ("bare", "task") if i % 2 == 0 else ("task", "bare")
             for kind in order:
                 load = os.getloadavg()[0]
+                cpu_before = cpu_seconds()
+                csv = (
+                    work / f"bare-{i}" / "results.csv"
+                    if kind == "bare"
+                    else RunLayout.for_run(f"bench-task-{i}").stage_dir("train") / "results.csv"
+                )
+                window = EpochWindowCPU(csv, epochs).__enter__()
                 if kind == "bare":
                     started = time.monotonic()
                     subprocess.run(
@@ -173,18 +298,20 @@ def compare_bare(work: Path, epochs: int, repeats: int, train_images: int | None
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
-                    wall, csv = time.monotonic() - started, work / f"bare-{i}" / "results.csv"
+                    wall = time.monotonic() - started
                 else:
                     out = one_task(*task_context(f"bench-task-{i}", recipe, data_yaml, imgsz))
-                    wall, csv = out["wall"], Path(out["results_csv"])
+                    wall = out["wall"]
+                    assert Path(out["results_csv"]) == csv, out
+                window.__exit__()
+                cpu[kind].append(cpu_used(cpu_before, cpu_seconds()))
+                cpu_in_epochs[kind].append(window.per_epoch())
                 train_s = float(read_results(csv)[-1]["time"])  # Ultralytics' own epoch-loop time
-                runs[kind].append({"wall": wall, "train": train_s, "load": load})
+                runs[kind].append({"wall": wall, "train": train_s, "load": load, "load_after": os.getloadavg()[0]})
                 print(
                     f"repeat {i} {kind:4s}: {wall:6.1f} s wall, {train_s:6.1f} s in epochs, load {load:.2f}",
                     flush=True,
                 )
-    from phase2.runs import RunLayout
-
     log = RunLayout.for_run("bench-task-0").stage_dir("train").parent / "train.log"
     child_threads = [line.strip() for line in log.read_text().splitlines() if "torch threads" in line]
     ratios = [t["wall"] / b["wall"] for t, b in zip(runs["task"], runs["bare"], strict=True)]
@@ -198,15 +325,30 @@ def compare_bare(work: Path, epochs: int, repeats: int, train_images: int | None
     print(
         f"\n== fine_tune Prefect task vs bare `yolo train`: phase2-native recipe ({imgsz} px, batch "
         f"{args['batch']}, {epochs} epochs, workers 0, plots off), yolo11n.yaml, real dataset ({subset}, "
-        f"all val), CPU, torch threads {threads} in both, {repeats} interleaved pairs =="
+        f"all val), CPU, torch threads {threads} in both, {repeats} interleaved pairs, local SeaweedFS and "
+        f"Prefect server at {f'nice {services_nice}' if services_nice else 'the bench process priority'} =="
     )
     for kind in runs:
         print(f"{kind:4s} wall s   : {spread([r['wall'] for r in runs[kind]])}")
         print(f"{kind:4s} s/epoch  : {spread(s_epoch[kind])}")
     print(f"ratio task/bare (paired): {spread(ratios)}   target <= 1.03")
     print(f"fixed cost of the task  : {spread(fixed)} s")
-    print(f"load average during runs: {spread([r['load'] for k in runs for r in runs[k]])}")
+    loads = [r[at] for k in runs for r in runs[k] for at in ("load", "load_after")]
+    print(f"load average (1 min) at each run's start and end: {spread(loads)}")
+    print_cpu("whole run, per epoch", {k: [{p: v / epochs for p, v in r.items()} for r in cpu[k]] for k in cpu})
+    print_cpu(f"epochs 2..{epochs} only (no start-up or final validation), per epoch", cpu_in_epochs)
     print(f"task child log: {child_threads[:1] or 'no torch threads line found'}")
+
+
+def print_cpu(title: str, cpu: dict[str, list[dict[str, float]]]) -> None:
+    """CPU seconds of each part during each kind of run (median over the repeats)."""
+    parts = sorted({part for kind in cpu for run in cpu[kind] for part in run})
+    print(f"\nCPU seconds (user + system), {title}, median over runs:")
+    print(f"{'part':45s} {'bare':>8s} {'task':>8s}")
+    for part in parts:
+        per_kind = [statistics.median(run.get(part, 0.0) for run in cpu[kind]) for kind in ("bare", "task")]
+        if max(per_kind) >= 0.005:
+            print(f"{part:45s} {per_kind[0]:8.3f} {per_kind[1]:8.3f}")
 
 
 def rebalanced_dataset(work: Path) -> Path:
@@ -324,6 +466,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="--compare-bare: interleaved task/bare pairs")
     parser.add_argument("--train-images", type=int, help="--compare-bare: only the first N train images")
     parser.add_argument(
+        "--services-nice",
+        type=int,
+        default=0,
+        help="--compare-bare: nice value for the local SeaweedFS and Prefect server (stand-ins for remote ones); "
+        "default 0: they compete with training at its priority",
+    )
+    parser.add_argument(
         "--baseline-epochs",
         type=int,
         default=60,
@@ -341,12 +490,16 @@ def main() -> None:
     if not (opts.compare_bare or opts.seed_vs_native):
         parser.error("choose --compare-bare and/or --seed-vs-native")
     print(f"machine: {machine()}")
-    with tempfile.TemporaryDirectory(prefix="bench-fine-tune-") as tmp:
-        work = opts.work or Path(tmp)
-        if opts.compare_bare:
-            compare_bare(work / "bare", opts.epochs, opts.repeats, opts.train_images)
-        if opts.seed_vs_native:
-            seed_vs_native(work / "recipes", opts.epochs, opts.baseline_epochs, opts.start_weights, opts.variant)
+    work = opts.work
+    if work is None:
+        # Removed at exit after the servers' atexit stops (last in, first out): they find their
+        # pid records in it; removing it first left them running.
+        work = Path(tempfile.mkdtemp(prefix="bench-fine-tune-"))
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
+    if opts.compare_bare:
+        compare_bare(work / "bare", opts.epochs, opts.repeats, opts.train_images, opts.services_nice)
+    if opts.seed_vs_native:
+        seed_vs_native(work / "recipes", opts.epochs, opts.baseline_epochs, opts.start_weights, opts.variant)
     print(f"machine after: {machine()}")
 
 

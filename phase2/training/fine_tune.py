@@ -18,11 +18,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,6 @@ from pydantic import BaseModel
 from phase2.infra.files import sha256_file
 from phase2.infra.processes import record_path, write_record
 from phase2.training.checkpoints import load_checkpoint, verify_checkpoint
-from phase2.training.history import summarize_history
 from phase2.training.identity import (
     IDENTITY_FILE,
     RunIdentity,
@@ -40,6 +38,7 @@ from phase2.training.identity import (
     read_identity,
     write_identity,
 )
+from phase2.training.uploads import CheckpointUploader, checkpoint_is_complete, file_version
 
 if TYPE_CHECKING:  # annotations only: the training child imports this module and needs neither
     from phase2.registry.registry import Registry
@@ -108,15 +107,6 @@ def read_results(results_csv: Path) -> list[dict[str, str]]:
         return [{k.strip(): v.strip() for k, v in row.items() if k} for row in csv.DictReader(fh)]
 
 
-def checkpoint_is_complete(path: Path) -> bool:
-    """torch.save writes a zip; a torn write (kill -9 mid-write) lacks the central directory."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return bool(zf.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
 def checkpoint_state(path: Path) -> dict[str, Any]:
     """Epoch (0-based, -1 once Ultralytics stripped the final checkpoint) and train args.
 
@@ -156,62 +146,6 @@ def _rebuild_results(results_csv: Path, train_results: dict[str, list]) -> None:
         writer.writerows([f"{value:.6g}" for value in row] for row in zip(*train_results.values(), strict=False))
 
 
-class CheckpointUploader:
-    """Uploads checkpoints as they appear, in a background thread, without blocking training.
-
-    A file is uploaded once its size and mtime are unchanged for one poll and it is a complete
-    zip; it is first copied aside so training can overwrite it during the upload.
-    """
-
-    def __init__(self, store, prefix: str, weights_dir: Path):
-        self.store, self.prefix, self.weights_dir = store, prefix, weights_dir
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-upload")
-        self.seen: dict[str, tuple[int, int]] = {}
-        self.pending: dict[str, tuple[int, int]] = {}
-        self.uploaded: dict[str, str] = {}
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-
-    def poll(self) -> None:
-        if not self.store or not self.weights_dir.exists():
-            return
-        for path in sorted(self.weights_dir.glob("*.pt")):
-            if path.name.startswith(".upload-"):
-                continue  # our own snapshot of a file being uploaded (pathlib's * matches dotfiles)
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            sig = (st.st_size, st.st_mtime_ns)
-            if self.seen.get(path.name) == sig:
-                continue
-            if self.pending.get(path.name) == sig:
-                self.seen[path.name] = sig
-                del self.pending[path.name]
-                self.pool.submit(self._upload, path)
-            else:
-                self.pending[path.name] = sig
-
-    def _upload(self, path: Path) -> None:
-        snapshot = path.with_name(f".upload-{path.name}")
-        try:
-            snapshot.write_bytes(path.read_bytes())
-            if not checkpoint_is_complete(snapshot):
-                return  # being written; the next poll sees a new mtime
-            key = f"{self.prefix}/weights/{path.name}"
-            self.store.put_file(snapshot, key)
-            with self._lock:
-                self.uploaded[path.name] = self.store.uri(key)
-        except Exception as exc:  # an upload failure must not stop training; retried at the end
-            self.errors.append(f"{path.name}: {exc}")
-            self.seen.pop(path.name, None)
-        finally:
-            snapshot.unlink(missing_ok=True)
-
-    def finish(self) -> None:
-        self.pool.shutdown(wait=True)
-
-
 def _peak_rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -236,6 +170,14 @@ def _die_with_parent() -> None:  # pragma: no cover - runs first thing in the tr
     parent = int(os.environ.get(PARENT_PID_ENV) or 0)
     if parent and os.getppid() != parent:
         sys.exit(f"the process that started this training (pid {parent}) is gone; not training")
+
+
+def _wait_for_exit(proc: subprocess.Popen, timeout: float) -> int | None:
+    """The child's exit code, or None if it still runs after `timeout` seconds."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _kill_child(proc: subprocess.Popen) -> None:
@@ -328,7 +270,7 @@ def fine_tune(
         logger.info("%s already finished training; summarizing it", save_dir)
         finished_rows = len(read_results(results_csv))
         return _summarize(
-            save_dir, store, run_prefix, train_args, tracker, started, finished_rows, None, None, {}, identity
+            save_dir, store, run_prefix, train_args, tracker, started, finished_rows, None, None, None, identity
         )
     rows_before = len(read_results(results_csv)) if resume_epoch else 0
 
@@ -364,10 +306,15 @@ def fine_tune(
         )
         # <save_dir>.pid.json: found by `python -m phase2.infra.processes --stop-recorded` (.ci/run).
         write_record(record_path(save_dir.parent, save_dir.name), proc.pid, command)
+        results_version = None
         try:
             while True:
-                code = proc.poll()
-                rows = read_results(results_csv)
+                # Blocks until the child exits or poll_s passes: no polling latency at the end.
+                code = _wait_for_exit(proc, poll_s)
+                if (version := file_version(results_csv)) == results_version:
+                    rows = []  # unchanged since the last read: nothing new to stream
+                else:
+                    results_version, rows = version, read_results(results_csv)
                 for row in rows[streamed:]:
                     epoch = int(float(row["epoch"]))
                     if tracker is not None:
@@ -386,16 +333,15 @@ def fine_tune(
                         )
                     if on_epoch:
                         on_epoch(row)
-                streamed = len(rows)
+                streamed = max(streamed, len(rows))
                 uploader.poll()
                 peak = _peak_rss_mb(proc.pid) or peak
                 if code is not None:
                     break
-                time.sleep(poll_s)
         finally:
             _kill_child(proc)
             record_path(save_dir.parent, save_dir.name).unlink(missing_ok=True)
-            uploader.finish()
+            uploader.finish(cancel_pending=proc.returncode == 0)
     if proc.returncode != 0:
         tail = log_file.read_text(errors="replace").splitlines()[-25:]
         # A full disk also cuts the log short (its last line, the OSError, can't be written).
@@ -412,7 +358,7 @@ def fine_tune(
         rows_before,
         resume_epoch,
         peak,
-        dict(uploader.uploaded),
+        uploader,
         identity,
     )
 
@@ -445,20 +391,27 @@ def _summarize(
     rows_before: int,
     resume_epoch: int | None,
     peak: float | None,
-    checkpoints: dict[str, str],
+    uploader: CheckpointUploader | None,
     identity: RunIdentity,
 ) -> FineTuneResult:
-    """Final uploads, checksums and the run summary; writes the COMPLETE marker last."""
+    """Final uploads, checksums and the run summary; writes the COMPLETE marker last. A file the
+    uploader already put in the store in its current version is not sent again."""
+    from phase2.training.history import summarize_history  # pandas: not imported by the training child
+
     weights_dir, results_csv = save_dir / "weights", save_dir / "results.csv"
     epochs = int(train_args["epochs"])
     rows = read_results(results_csv)
     best, last = weights_dir / "best.pt", weights_dir / "last.pt"
+    checkpoints = dict(uploader.uploaded) if uploader is not None else {}
+    digests: dict[Path, str] = {}
     if store is not None:
-        for path in [best, last, *sorted(weights_dir.glob("epoch*.pt")), results_csv, save_dir / "args.yaml"]:
-            if path.exists():
-                key = f"{run_prefix}/{path.relative_to(save_dir)}"
-                store.put_file(path, key)
-                checkpoints[path.name] = store.uri(key)
+        files = [best, last, *sorted(weights_dir.glob("epoch*.pt")), results_csv, save_dir / "args.yaml"]
+        upload = partial(_upload_final, store, run_prefix, save_dir, uploader)
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="final-upload") as pool:  # training is over
+            for path, digest in zip(files, pool.map(upload, files), strict=True):
+                if digest is not None:
+                    digests[path] = digest
+                    checkpoints[path.name] = store.uri(f"{run_prefix}/{path.relative_to(save_dir)}")
     trained_now = len(rows) - rows_before
     wall = time.monotonic() - started
     history = summarize_history(results_csv, patience=train_args.get("patience"), epochs=epochs)
@@ -469,9 +422,9 @@ def _summarize(
         results_csv=results_csv,
         args_yaml=save_dir / "args.yaml",
         best=best,
-        best_sha256=sha256_file(best),
+        best_sha256=digests.get(best) or sha256_file(best),
         last=last,
-        last_sha256=sha256_file(last),
+        last_sha256=digests.get(last) or sha256_file(last),
         checkpoints=checkpoints,
         epochs_planned=epochs,
         epochs_completed=len(rows),
@@ -490,6 +443,20 @@ def _summarize(
     if store is not None:
         store.put_file(marker, f"{run_prefix}/{COMPLETE_MARKER}")
     return result
+
+
+def _upload_final(
+    store, run_prefix: str, save_dir: Path, uploader: CheckpointUploader | None, path: Path
+) -> str | None:
+    """Upload one of the run's files unless the uploader already sent this version; its sha256
+    (None if the file doesn't exist)."""
+    if not path.exists():
+        return None
+    if uploader is not None and (digest := uploader.already_uploaded(path)):
+        return digest
+    digest = sha256_file(path)
+    store.put_file(path, f"{run_prefix}/{path.relative_to(save_dir)}", sha256=digest)
+    return digest
 
 
 def _restore_from_store(store, run_prefix: str, save_dir: Path, identity: RunIdentity, fix: str) -> None:

@@ -1,0 +1,68 @@
+"""Checkpoint uploads during training: low priority, and each version sent once (real SeaweedFS)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from phase2.infra.files import sha256_file
+from phase2.training.uploads import CheckpointUploader
+
+
+class PriorityRecordingStore:
+    """The real store, wrapped to record the nice value of the thread each upload runs on."""
+
+    def __init__(self, store):
+        self.store, self.nice_values = store, []
+
+    def put_file(self, path: Path, key: str, **kwargs) -> str:
+        self.nice_values.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return self.store.put_file(path, key, **kwargs)
+
+    def uri(self, key: str) -> str:
+        return self.store.uri(key)
+
+
+def upload_once(uploader: CheckpointUploader) -> None:
+    uploader.poll()
+    uploader.poll()  # unchanged for one poll: submitted
+    uploader.pool.submit(lambda: None).result()  # the upload before it has finished
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_uploads_run_at_nice_19_and_training_thread_keeps_its_priority(tmp_path, object_store):
+    own_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save({"epoch": 0}, weights / "last.pt")
+    store = PriorityRecordingStore(object_store)
+    uploader = CheckpointUploader(store, "runs/p/train", weights)
+    upload_once(uploader)
+    uploader.finish()
+    assert store.nice_values == [19]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own_nice  # only the uploader's thread
+    assert object_store.list("runs/p/train/") == ["runs/p/train/weights/last.pt"]
+
+
+def test_already_uploaded_only_for_the_version_in_the_store(tmp_path, object_store):
+    """The final upload skips a file whose current version the uploader sent (the 26 MB epoch0.pt
+    of a run); a file rewritten since is sent again."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    last = weights / "last.pt"
+    torch.save({"epoch": 0}, last)
+    uploader = CheckpointUploader(object_store, "runs/v/train", weights)
+    upload_once(uploader)
+    stored = tmp_path / "stored.pt"
+    object_store.get_file("runs/v/train/weights/last.pt", stored)
+    assert uploader.already_uploaded(last) == sha256_file(last) == sha256_file(stored)
+
+    torch.save({"epoch": 1}, last)  # Ultralytics rewrites last.pt: the store holds the old one
+    assert uploader.already_uploaded(last) is None
+    assert uploader.already_uploaded(weights / "best.pt") is None  # never uploaded
+    uploader.finish()
