@@ -69,7 +69,7 @@ def phase2(
     dataset = rebalance(data, validation, ctx)
     trained = train(dataset, validation, ctx)
     selection = select(trained, dataset, validation, ctx)
-    label_review(selection.winner, dataset.data_yaml, selection.val.protocol.imgsz, ctx)
+    label_review(selection.winner, dataset.data_yaml, selection.val.protocol.imgsz, ctx, validation=validation)
     registered = register(selection, trained, dataset, ctx)
     decision = promote(registered, selection, dataset, ctx)
     review = build_report(registered, selection, decision, dataset, ctx)

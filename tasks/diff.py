@@ -28,6 +28,7 @@ from phase2.infra.publishing import Markdown, Publication, Table, logger, object
 from phase2.infra.settings import configure_environment
 from phase2.registry.registry import Registry
 from phase2.registry.storage import StorageError
+from phase2.report.wandb_report import WANDB_WHAT_CHANGED_TABLE
 from phase2.runs import RunContext
 from tasks import RETRIES, RETRY_DELAY_S
 
@@ -86,7 +87,7 @@ def dataset_changes(data: str, ctx: RunContext, announce: bool = False) -> Datas
                 Table(
                     key="what-changed-per-class",
                     rows=per_class_rows(diff),
-                    wandb_key="dataset/what_changed",
+                    wandb_key=WANDB_WHAT_CHANGED_TABLE,
                     description="Instances per split and class: production's data vs this run's",
                 )
             ]

@@ -64,6 +64,7 @@ def deployables(
             "metrics": metadata["metrics"],
         },
         files=files,
+        saved_matches=selection.gate_matches if selection.gate_split == split else None,  # no second .pt pass
     )
 
 
@@ -105,6 +106,7 @@ def register(
         "baseline": {"reference": ctx.baseline},
     }
     deploy = deployables(selection, dataset, ctx, metadata, files)
+    logger().info(f"export parity measured against the .pt's {deploy.reference}")
     for line in deploy.messages():
         (logger().info if " usable (" in line else logger().warning)(line)
     run = tracker(ctx)

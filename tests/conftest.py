@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.plugins.data",
+    "tests.plugins.learned_model",
     "tests.plugins.s3",
     "tests.plugins.prefect_stack",
     "tests.plugins.reliability",

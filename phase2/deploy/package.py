@@ -12,6 +12,7 @@ from phase2.deploy.export import ExportedModel, ExportError, export_weights
 from phase2.deploy.parity import measure_parity
 from phase2.deploy.settings import ExportSettings
 from phase2.evaluation.evaluate import EvalProtocol
+from phase2.evaluation.matches import MatchTable
 from phase2.registry.manifest import ExportRecord
 
 EXPORTS_DIR = "exports"
@@ -23,6 +24,7 @@ class Deployables:
     exports: dict[str, ExportRecord] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # format -> why it was not exported
     gate: dict[str, Any] | None = None  # `phase2 evaluate` JSON of the .pt on the gate split
+    reference: str = ""  # where the .pt's pass on the gate split came from (saved table or a new pass)
 
     def messages(self) -> list[str]:
         """One plain line per export (usable or not, with why) and per skipped format."""
@@ -56,6 +58,22 @@ def export_record(exported: ExportedModel, parity: Any = None, problems: list[st
     )
 
 
+def pt_reference(
+    weights: Path, data_yaml: Path, protocol: EvalProtocol, saved_matches: Path | None
+) -> tuple[MatchTable, str]:
+    """The .pt's validation pass on ``protocol.split`` and where it came from: the match table
+    selection saved (``saved_matches``) when it is of these weights under this protocol, so the
+    .pt is not evaluated twice; otherwise a new pass."""
+    from phase2.evaluation.matches import collect_matches, load_match_table
+    from phase2.infra.files import sha256_file
+
+    if saved_matches is not None and Path(saved_matches).is_file():
+        table = load_match_table(Path(saved_matches))
+        if table.protocol == protocol and table.weights_sha256 == sha256_file(weights):
+            return table, f"saved match table {saved_matches}"
+    return collect_matches(weights, data_yaml, protocol), "new validation pass"
+
+
 def prepare_deployables(
     *,
     weights: Path,
@@ -65,15 +83,16 @@ def prepare_deployables(
     out_dir: Path,
     card_inputs: dict[str, Any],
     files: dict[str, Path],
+    saved_matches: Path | None = None,
 ) -> Deployables:
     """Export ``weights`` to each format of ``settings`` at ``protocol.imgsz``, measure each
     against the .pt on ``protocol.split``, and write the model card describing ``files`` plus
-    the exports. ``card_inputs``: the keyword arguments of :func:`build_card` not derived here."""
-    from phase2.evaluation.matches import collect_matches
+    the exports. ``card_inputs``: the keyword arguments of :func:`build_card` not derived here.
+    ``saved_matches``: the .pt's match table on that split from selection (used when it fits)."""
     from phase2.evaluation.uncertainty import evaluate_table
 
     out = Deployables()
-    reference = collect_matches(weights, data_yaml, protocol)
+    reference, out.reference = pt_reference(weights, data_yaml, protocol, saved_matches)
     out.gate = evaluate_table(reference)
     for fmt in settings.formats:
         try:

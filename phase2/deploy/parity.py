@@ -79,9 +79,12 @@ def measure_parity(
     """The export's parity with ``weights`` (whose validation pass is ``reference``) and the
     reasons it is outside ``settings``' tolerances (empty: usable)."""
     from phase2.dataset.layout import resolve_split_images
+    from phase2.evaluation.uncertainty import point_metrics
 
     protocol = reference.protocol
-    pt = reference.extra["ultralytics"]
+    # Ultralytics' own mAP of the table (ap_per_class): the same numbers its val() printed for the
+    # .pt, also for a table selection saved (which keeps no val() output).
+    pt = {k: float(v[0]) for k, v in point_metrics(reference).overall.items()}
     exported = validate_export(export, data_yaml, protocol)
     images = sorted(resolve_split_images(Path(data_yaml))[protocol.split])
     boxes_pt, boxes_matched = box_agreement(weights, export, images, protocol, settings)

@@ -1,9 +1,11 @@
 """Label review: which val/test labels the selected model disagrees with, worst first.
 
 The selected model predicts every val and test image (out of sample: it was trained on train
-only) and cleanlab's ObjectLab scoring (``cleanlab.object_detection``) compares those
-predictions with the labels: per image a label-quality score in [0, 1] (low: probably wrong)
-and three subtype scores, each pooled over the image's boxes:
+only); with ``kfold_train`` every train image is predicted by the k-fold model that did not
+train on it (phase2/evaluation/kfold_review.py), scored in the same call. cleanlab's ObjectLab
+scoring (``cleanlab.object_detection``) compares those predictions with the labels: per image a
+label-quality score in [0, 1] (low: probably wrong) and three subtype scores, each pooled over
+the image's boxes:
 
 - ``overlooked``: a confident prediction with no label near it (a missing box),
 - ``swap``: a label box where the model confidently sees another class (a wrong class),
@@ -27,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from phase2.dataset.labels import read_boxes
 from phase2.dataset.layout import label_path_for, load_class_names, resolve_split_images
@@ -41,6 +43,8 @@ ISSUE_NAMES = {"overlooked": "missing box", "swap": "wrong class", "badloc": "ba
 LABEL_COLOUR, PREDICTION_COLOUR, SUSPECT_COLOUR = (0, 200, 0), (230, 30, 30), (255, 150, 0)
 NO_ISSUE_TOLERANCE = 1e-6  # a subtype score this close to 1 suspects nothing (swap gives 1 - tiny similarity)
 SHOWN_PREDICTION_CONF = 0.25  # drawn predictions only (every prediction is scored)
+KFOLD_DIR = "kfold"  # the fold models' trainings, kept across reruns of the review
+SELECTED_MODEL = "selected model"
 
 
 class LabelReviewSettings(BaseModel):
@@ -52,7 +56,13 @@ class LabelReviewSettings(BaseModel):
     top_n: PositiveInt = Field(12, description="Worst images drawn in the report (the queue lists all).")
     splits: list[Literal["val", "test"]] = Field(["val", "test"], min_length=1)
     kfold_train: bool = Field(
-        False, description="Also score train through k-fold models. Not implemented: true is refused."
+        False,
+        description="Also score train, through k-fold models (phase2/evaluation/kfold_review.py): one "
+        "fine-tune per fold from the run's start weights. Costs `folds` trainings.",
+    )
+    folds: int = Field(3, ge=2, description="k of kfold_train: folds of whole duplicate groups.")
+    kfold_epochs: PositiveInt | None = Field(
+        None, description="Epochs of each fold model (unset: the recipe's train.epochs)."
     )
     conf: float = Field(
         0.001,
@@ -72,16 +82,6 @@ class LabelReviewSettings(BaseModel):
         0.25, gt=0, lt=1, description="Confidence above which a prediction can mean a badly placed box (cleanlab: 0.5)."
     )
 
-    @field_validator("kfold_train")
-    @classmethod
-    def _kfold_not_implemented(cls, value: bool) -> bool:
-        if value:
-            raise ValueError(
-                "kfold_train: scoring train through k-fold models is not implemented; set it to false "
-                "(val and test are scored with the selected model, which never trained on them)"
-            )
-        return value
-
 
 @dataclass
 class ReviewImage:
@@ -94,6 +94,17 @@ class ReviewImage:
     classes: np.ndarray  # (L,) int
     boxes: np.ndarray  # (L, 4) x1 y1 x2 y2, pixels
     label_file: Path = field(default_factory=Path)
+    scored_by: str = SELECTED_MODEL  # the model whose predictions score it (a fold model for train)
+
+
+@dataclass
+class OutOfFold:
+    """Images predicted by other models than the selected one (train, by k-fold models), scored
+    together with val/test; ``summary`` goes into label_review.json as ``kfold``."""
+
+    images: list[ReviewImage]
+    predictions: list[list[np.ndarray]]
+    summary: dict[str, Any]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -224,6 +235,7 @@ class LabelReviewResult(BaseModel):
     queue_csv: Path
     queue_json: Path
     shown: list[dict[str, Any]] = Field(description="the top_n queue rows drawn, each with its tile file name")
+    kfold: dict[str, Any] | None = Field(None, description="the k-fold models that scored train (kfold.json)")
 
 
 def _box_text(names: list[str], class_id: int, xyxy: Sequence[float]) -> str:
@@ -262,6 +274,7 @@ def queue_table(
                 "image": str(image.path),
                 "label_file": str(image.label_file),
                 "split": image.split,
+                "scored_by": image.scored_by,
                 "score": row["score"],
                 "issue": row["issue"],
                 "suspect": _suspect(image, prediction, row, names),
@@ -319,23 +332,31 @@ def review_labels(
     imgsz: int,
     settings: LabelReviewSettings,
     minority_class: str | None = None,
+    out_of_fold: OutOfFold | None = None,
 ) -> LabelReviewResult:
     """Score every image of ``settings.splits`` with ``weights``' predictions at ``imgsz`` (the
-    evaluation protocol's) and write the queue, the tiles of the ``top_n`` shown images
-    (``minority_class`` images with a suspected issue first) and ``label_review.json`` into ``out_dir``."""
+    evaluation protocol's), and ``out_of_fold``'s images with their own predictions, in one
+    scoring; write the queue, the tiles of the ``top_n`` shown images (``minority_class`` images
+    with a suspected issue first) and ``label_review.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.iterdir():  # an earlier attempt's outputs; its fold models are reused
+        if old.is_dir() and old.name != KFOLD_DIR:
+            shutil.rmtree(old)
+        elif not old.is_dir():
+            old.unlink()
     names = load_class_names(Path(data_yaml))
     present = resolve_split_images(Path(data_yaml))
-    splits = [split for split in settings.splits if present.get(split)]  # a dataset may have no test split
+    splits: list[str] = [split for split in settings.splits if present.get(split)]  # test may be absent
     if not splits:
         raise ValueError(f"{data_yaml}: none of the splits {settings.splits} to review has images; fix data.yaml")
     images = [image for split in splits for image in load_split_labels(data_yaml, split)]
     predictions = predict_images(
         weights, [im.path for im in images], imgsz=imgsz, conf=settings.conf, num_classes=len(names)
     )
+    if out_of_fold is not None:
+        images, predictions = images + out_of_fold.images, predictions + out_of_fold.predictions
+        splits += sorted({im.split for im in out_of_fold.images})
     scores = score_images(
         cleanlab_labels(images),
         predictions,
@@ -371,6 +392,7 @@ def review_labels(
         queue_csv=out_dir / QUEUE_CSV,
         queue_json=out_dir / QUEUE_JSON,
         shown=shown,
+        kfold=out_of_fold.summary if out_of_fold is not None else None,
     )
     atomic_write_json(out_dir / SUMMARY_JSON, result.model_dump(mode="json"))
     return result

@@ -102,6 +102,7 @@ def configure_environment(state: Path | None = None, *, create_state: bool = Tru
     defaults = {
         "PHASE2_STATE_DIR": str(state),
         "YOLO_OFFLINE": "1",
+        "YOLO_AUTOINSTALL": "False",  # never pip-install a missing export package at run time
         "YOLO_CONFIG_DIR": str(yolo_dir),
         "YOLO_VERBOSE": "True",
         "PREFECT_HOME": str(state / "prefect"),

@@ -9,6 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 # W&B keys the steps log (tasks/) and the report's own.
+# Not "dataset/what_changed": that run summary key holds the one-line summary (a table logged
+# under it would be replaced in the run summary, which the report's table panels read).
+WANDB_WHAT_CHANGED_TABLE = "dataset/what_changed_table"
+WANDB_WHAT_CHANGED = {
+    "title": "What changed since production's data",
+    "text": "Instances per split and class, production's training data vs this run's (phase2 diff); "
+    "images added, removed, modified and moved are in the run summary (dataset/images_*, "
+    "dataset/labels_changed, dataset/what_changed). Empty when there is no production model yet.",
+}
 WANDB_EPOCH_METRICS = {
     "Losses": ["train/box_loss", "train/cls_loss", "train/dfl_loss", "val/box_loss", "val/cls_loss", "val/dfl_loss"],
     "Precision and recall": ["metrics/precision", "metrics/recall"],
@@ -19,12 +28,14 @@ WANDB_IMAGES = {
     "Dataset": ["validation/class_counts", "dataset/balance"],
     "Evaluation": ["selection/pr_curve", "selection/confusion_matrix"],
     "Detections (ground truth green, predictions red)": ["report/detections"],
+    "Label review: worst images (label green, prediction red, suspect orange)": ["label_review/worst"],
 }
 WANDB_TABLES = {
     "Dataset": ["dataset/balance_table"],
     "Selection": ["selection/candidates", "selection/per_class_val"],
     "Per class: new vs baseline vs production": ["report/per_class_comparison"],
     "Promotion": ["promotion/comparison"],
+    "Label review queue (worst first)": ["label_review/queue"],
     "Timings": ["report/timings"],
 }
 
@@ -50,6 +61,9 @@ def wandb_report_spec(
     blocks += [
         wr.H2("Training curves per epoch"),
         grid([wr.LinePlot(title=name, x="epoch", y=[*keys]) for name, keys in WANDB_EPOCH_METRICS.items()]),
+        wr.H2(WANDB_WHAT_CHANGED["title"]),
+        wr.P(WANDB_WHAT_CHANGED["text"]),
+        grid([wr.WeavePanelSummaryTable(table_name=WANDB_WHAT_CHANGED_TABLE)]),
     ]
     for name, keys in WANDB_IMAGES.items():
         blocks += [wr.H2(name), grid([wr.MediaBrowser(title=key, media_keys=[key], num_columns=1) for key in keys])]

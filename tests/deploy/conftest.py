@@ -9,7 +9,9 @@ size, which is what export parity has to reproduce. It is evaluated against the 
 Its class scores tie (saturated), so NMS picks among equal boxes differently in ONNX Runtime and
 PyTorch even though the raw outputs agree to 6e-8 (measured): a faithful export reproduces about
 2/3 of its boxes, an export at the wrong size about 1/10. The package's box tolerance is
-therefore 0.5 (:data:`SETTINGS`); the default 0.99 is for trained models.
+therefore 0.5 (:data:`SETTINGS`). These fixtures serve the registry, predict and W&B plumbing;
+parity itself is tested at the default tolerances on a model that has learned the real images it
+is measured on (test_parity.py, tests/plugins/learned_model.py).
 """
 
 from __future__ import annotations

@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from pydantic import ValidationError
 
 from phase2.evaluation.label_review import (
     QUEUE_CSV,
@@ -28,57 +26,18 @@ from phase2.evaluation.label_review import (
     review_labels,
     score_images,
 )
-from tests.plugins.data import copy_subset
+from tests.plugins.learned_model import LEARNED_IMAGES, LEARNED_IMGSZ, val_copy
 
-IMGSZ = 128
-EPOCHS = 100
-N_IMAGES = 10
+IMGSZ = LEARNED_IMGSZ
+N_IMAGES = LEARNED_IMAGES
 CLASSES = 4
-# No augmentation, small batches with a step each (nbs = batch), a high learning rate: the
-# model learns these images' labels.
-MEMORIZE = {
-    "imgsz": IMGSZ,
-    "epochs": EPOCHS,
-    "batch": 2,
-    "nbs": 2,
-    "workers": 0,
-    "device": "cpu",
-    "val": False,
-    "plots": False,
-    "optimizer": "AdamW",
-    "lr0": 0.002,
-    "warmup_epochs": 0,
-    "mosaic": 0.0,
-    "hsv_h": 0.0,
-    "hsv_s": 0.0,
-    "hsv_v": 0.0,
-    "fliplr": 0.0,
-    "scale": 0.0,
-    "translate": 0.0,
-    "erasing": 0.0,
-    "seed": 0,
-    "exist_ok": True,
-    "verbose": False,
-}
-
-
-def val_copy(real_dataset: Path, dst: Path) -> Path:
-    """N real val images with their labels, as both the train and the val split of a dataset."""
-    data_yaml = copy_subset(real_dataset, dst, {"val": N_IMAGES})
-    config = yaml.safe_load(data_yaml.read_text())
-    data_yaml.write_text(yaml.safe_dump({**config, "train": "./val/images", "test": None}, sort_keys=False))
-    return data_yaml
 
 
 @pytest.fixture(scope="module")
-def memorized(real_dataset, tmp_path_factory) -> tuple[Path, Path]:
-    """(weights, data_yaml): yolo11n trained from scratch until it reproduces N real val images' labels."""
-    from ultralytics import YOLO
-
-    root = tmp_path_factory.mktemp("label-review")
-    data_yaml = val_copy(real_dataset, root / "clean")
-    YOLO("yolo11n.yaml").train(data=str(data_yaml), project=str(root / "runs"), name="memorize", **MEMORIZE)
-    return root / "runs" / "memorize" / "weights" / "last.pt", data_yaml
+def memorized(learned_model) -> tuple[Path, Path]:
+    """(weights, data_yaml): yolo11n trained from scratch until it reproduces N real val images'
+    labels (tests/plugins/learned_model.py, trained once per session)."""
+    return learned_model
 
 
 def _isolated_box(rows: list[list[str]]) -> int | None:
@@ -206,9 +165,3 @@ def test_scores_are_cleanlabs_own(memorized):
     expected = get_label_quality_scores(labels, predictions, verbose=False)
     np.testing.assert_allclose(scores["score"].to_numpy(), expected, rtol=0, atol=1e-12)
     assert scores["flagged"].tolist() == find_label_issues(labels, predictions).tolist()
-
-
-def test_kfold_train_is_refused_until_implemented():
-    with pytest.raises(ValidationError, match="kfold_train: scoring train through k-fold models is not implemented"):
-        LabelReviewSettings(kfold_train=True)
-    assert LabelReviewSettings().model_dump()["kfold_train"] is False

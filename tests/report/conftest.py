@@ -51,7 +51,9 @@ def pipeline_run(request, seaweedfs, real_dataset, tmp_path_factory) -> dict[str
     data_yaml = copy_subset(real_dataset, root / "site-small", {"train": 8, "val": 4, "test": 3})
     names = yaml.safe_load(data_yaml.read_text())["names"]
     baseline = _untrained_baseline(root / "baseline.pt", list(names.values()) if isinstance(names, dict) else names)
-    recipe = Recipe.model_validate(TINY_RECIPE)
+    # Train is label-reviewed too, through 2 fold models of 1 epoch each (the flow's k-fold path).
+    kfold = {"kfold_train": True, "folds": 2, "kfold_epochs": 1}
+    recipe = Recipe.model_validate({**TINY_RECIPE, "label_review": kfold})
     api_url = _prefect_api(request, root)
     with pytest.MonkeyPatch.context() as patch, temporary_settings({PREFECT_API_URL: api_url}):
         for key, value in seaweedfs.env().items():

@@ -17,12 +17,13 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from typer.testing import CliRunner
 
 from phase2.cli import app
+from phase2.dataset.layout import resolve_split_images
 from phase2.infra.files import sha256_file
 from phase2.infra.tracking import offline_history
 from phase2.report.html import build_html_report
 from phase2.report.inputs import PER_CLASS_KEYS, ReportError
 from phase2.report.past_runs import report_for_run
-from phase2.report.wandb_report import wandb_report_spec
+from phase2.report.wandb_report import WANDB_WHAT_CHANGED_TABLE, wandb_report_spec
 from phase2.runs import RunLayout
 from phase2.training.history import summarize_history
 
@@ -214,6 +215,30 @@ def test_report_of_a_past_run_by_flow_run_id_or_key(pipeline_run, tmp_path, seaw
         shutil.copyfile(aside, stored)
 
 
+def test_the_flow_scores_every_train_image_out_of_fold(pipeline_run):
+    """label_review.kfold_train in the real flow: each image of the run's train split is in the
+    review queue once, scored by the one fold model whose own training list (the data.yaml
+    Ultralytics read) does not hold it; the fold checkpoints are in the bucket."""
+    layout, store = pipeline_run["layout"], pipeline_run["store"]
+
+    def train_images(data_yaml: Path) -> set[Path]:
+        return {Path(p).resolve() for p in resolve_split_images(data_yaml)["train"]}
+
+    train = train_images(layout.stage_dir("dataset") / "data.yaml")
+    review = json.loads((layout.stage_dir("label-review") / "label_review.json").read_text())
+    queue = json.loads((layout.stage_dir("label-review") / "review_queue.json").read_text())
+    scored = [r for r in queue if r["split"] == "train"]
+    assert sorted(Path(r["image"]).resolve() for r in scored) == sorted(train)
+    folds = {f"fold {m['fold']}/{m['k']}": m for m in review["kfold"]["folds"]}
+    assert len(folds) == 2 and {r["scored_by"] for r in scored} == set(folds)
+    for row in scored:
+        model = folds[row["scored_by"]]
+        assert Path(row["image"]).resolve() not in train_images(Path(model["data_yaml"]))
+        assert model["trained_images"] + model["holdout_images"] == len(train)
+    in_bucket = store.list(layout.stage_key("label-review", "kfold"))
+    assert sum(key.endswith("/weights/last.pt") for key in in_bucket) == 2, in_bucket
+
+
 def test_missing_parts_are_named_not_fatal(pipeline_run, tmp_path):
     partial = RunLayout.for_run("partial-run", tmp_path / "state")
     partial.stage_dir("train").mkdir(parents=True)
@@ -311,6 +336,8 @@ def test_wandb_report_panels_show_what_the_run_logged(pipeline_run):
     plotted, media, tables = _panel_keys(_spec())
     run_dir = Path(pipeline_run["summary"]["wandb_run"].removeprefix("offline:"))
     logged = {key.split(".", 1)[0] for row in offline_history(run_dir) for key in row}  # media/tables: key.path
+    if not pipeline_run["summary"]["what_changed"].startswith("since "):  # not compared: no table (tasks/diff.py)
+        tables -= {WANDB_WHAT_CHANGED_TABLE}
     assert plotted | media | tables <= logged, sorted((plotted | media | tables) - logged)
 
 
