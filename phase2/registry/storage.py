@@ -207,6 +207,27 @@ class ObjectStore:
             raise IntegrityError(f"upload {self.uri(key)}: object was replaced concurrently (sha256 differs)")
         return str(head["ETag"])
 
+    def copy(self, source_key: str, key: str, *, sha256: str) -> str:
+        """Server-side copy of ``source_key`` (whose bytes have ``sha256``) to ``key``: no bytes
+        travel through this process. Refused when the source no longer has ``sha256`` (it was
+        replaced meanwhile); returns the new ETag."""
+        with self._errors("copy", key):
+            self._client.copy(
+                {"Bucket": self.bucket, "Key": source_key},
+                self.bucket,
+                key,
+                ExtraArgs={"Metadata": {SHA256_METADATA: sha256}, "MetadataDirective": "REPLACE"},
+                Config=TRANSFER_CONFIG,
+            )
+            head = self._client.head_object(Bucket=self.bucket, Key=key)
+            source = self._client.head_object(Bucket=self.bucket, Key=source_key)
+        if (
+            source.get("Metadata", {}).get(SHA256_METADATA) != sha256
+            or head["ContentLength"] != source["ContentLength"]
+        ):
+            raise IntegrityError(f"copy {self.uri(source_key)} -> {self.uri(key)}: the source changed meanwhile")
+        return str(head["ETag"])
+
     def get_file(self, key: str, dest: Path, *, expected_sha256: str | None = None) -> Path:
         """Download to ``dest`` atomically, verified against ``expected_sha256`` (else the
         object's sha256 metadata; an object without either is refused)."""

@@ -88,7 +88,11 @@ class CheckpointUploader:
                 return  # being written; the next poll sees a new mtime
             key = f"{self.prefix}/weights/{path.name}"
             digest = sha256_file(snapshot)
-            self.store.put_file(snapshot, key, sha256=digest)
+            twin = self._stored_twin(path.name, digest)
+            if twin is not None:  # best.pt of an improving epoch is last.pt's very bytes: copy in S3
+                self.store.copy(f"{self.prefix}/weights/{twin}", key, sha256=digest)
+            else:
+                self.store.put_file(snapshot, key, sha256=digest)
             with self._lock:
                 self.uploaded[path.name] = self.store.uri(key)
                 if before is not None and file_version(path) == before:  # the snapshot is that version
@@ -100,6 +104,12 @@ class CheckpointUploader:
             self.seen.pop(path.name, None)
         finally:
             snapshot.unlink(missing_ok=True)
+
+    def _stored_twin(self, name: str, digest: str) -> str | None:
+        """Another file whose bytes in the store are ``digest`` (Ultralytics writes one serialized
+        checkpoint to both last.pt and best.pt when an epoch improves)."""
+        with self._lock:
+            return next((n for n, (_, d) in self.uploaded_versions.items() if n != name and d == digest), None)
 
     def already_uploaded(self, path: Path) -> str | None:
         """sha256 of `path` if the store holds exactly its current version (after finish())."""

@@ -18,11 +18,15 @@ class PriorityRecordingStore:
     """The real store, wrapped to record the nice value of the thread each upload runs on."""
 
     def __init__(self, store):
-        self.store, self.nice_values = store, []
+        self.store, self.nice_values, self.copies = store, [], []
 
     def put_file(self, path: Path, key: str, **kwargs) -> str:
         self.nice_values.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return self.store.put_file(path, key, **kwargs)
+
+    def copy(self, source_key: str, key: str, **kwargs) -> str:
+        self.copies.append((source_key, key))
+        return self.store.copy(source_key, key, **kwargs)
 
     def uri(self, key: str) -> str:
         return self.store.uri(key)
@@ -66,3 +70,29 @@ def test_already_uploaded_only_for_the_version_in_the_store(tmp_path, object_sto
     assert uploader.already_uploaded(last) is None
     assert uploader.already_uploaded(weights / "best.pt") is None  # never uploaded
     uploader.finish()
+
+
+def test_best_pt_equal_to_last_pt_is_copied_in_the_store_not_sent_again(tmp_path, object_store):
+    """An improving epoch writes one checkpoint to last.pt and best.pt: the second is a
+    server-side copy (one upload, not two), and the copy holds exactly those bytes."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save({"epoch": 3, "pad": torch.zeros(1000)}, weights / "last.pt")
+    (weights / "best.pt").write_bytes((weights / "last.pt").read_bytes())
+    store = PriorityRecordingStore(object_store)
+    uploader = CheckpointUploader(store, "runs/c/train", weights)
+    upload_once(uploader)
+    uploader.finish()
+    # best.pt is uploaded first (sorted names), last.pt is then its copy
+    assert len(store.nice_values) == 1 and store.copies == [
+        ("runs/c/train/weights/best.pt", "runs/c/train/weights/last.pt")
+    ]
+    for name in ("best.pt", "last.pt"):
+        got = object_store.get_file(f"runs/c/train/weights/{name}", tmp_path / f"stored-{name}")
+        assert sha256_file(got) == sha256_file(weights / name)
+
+    torch.save({"epoch": 4}, weights / "last.pt")  # a later, not improving epoch: different bytes, uploaded
+    uploader = CheckpointUploader(store, "runs/c/train", weights)
+    upload_once(uploader)
+    uploader.finish()
+    assert store.copies == [("runs/c/train/weights/best.pt", "runs/c/train/weights/last.pt")]
