@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 
 from phase2.infra.publishing import Markdown, Publication, logger, object_store, publish, tracker
@@ -16,14 +18,21 @@ from tasks.rebalance import DatasetVersion
 from tasks.validate import ValidationOutput
 
 
+def training_inputs(ctx: RunContext, validation: ValidationOutput, store: Any) -> tuple[str, dict[str, Any]]:
+    """The run's start weights (sha256-verified, cached) and Ultralytics arguments at the validated
+    training size: the same for the fine-tune and for the label review's k-fold models."""
+    registry = Registry(store, ctx.model_name)
+    weights = start_weights(ctx.recipe, ctx.baseline, registry, cache_dir=state_dir() / "weights")
+    return weights, ctx.recipe.train.ultralytics_kwargs(validation.imgsz)
+
+
 @task(name="fine_tune", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
 def train(dataset: DatasetVersion, validation: ValidationOutput, ctx: RunContext) -> FineTuneResult:
     recipe = ctx.recipe
     for warning in lint_recipe(recipe, native_imgsz=validation.native_side):
         logger().warning("recipe %s: %s", warning.field, warning.message)
     store = object_store()
-    weights = start_weights(recipe, ctx.baseline, Registry(store, ctx.model_name), cache_dir=state_dir() / "weights")
-    train_args = recipe.train.ultralytics_kwargs(validation.imgsz)
+    weights, train_args = training_inputs(ctx, validation, store)
     result = fine_tune(
         weights=weights,
         data_yaml=dataset.data_yaml,

@@ -21,12 +21,11 @@ from phase2.evaluation.label_review import (
     review_labels,
 )
 from phase2.infra.publishing import Link, Markdown, Publication, Table, logger, object_store, publish
-from phase2.infra.settings import configure_environment, state_dir
-from phase2.registry.registry import Registry
+from phase2.infra.settings import configure_environment
 from phase2.report.charts import montage
 from phase2.runs import RunContext
-from phase2.training.fine_tune import start_weights
 from tasks import RETRIES, RETRY_DELAY_S
+from tasks.fine_tune import training_inputs
 from tasks.validate import ValidationOutput
 
 
@@ -72,9 +71,7 @@ def out_of_fold_train(data_yaml: Path, validation: ValidationOutput | None, imgs
             "pass validation= to the label_review task, or set kfold_train: false"
         )
     store = object_store()
-    registry = Registry(store, ctx.model_name)
-    weights = start_weights(ctx.recipe, ctx.baseline, registry, cache_dir=state_dir() / "weights")
-    train_args = ctx.recipe.train.ultralytics_kwargs(validation.imgsz)
+    weights, train_args = training_inputs(ctx, validation, store)
     train_args["epochs"] = settings.kfold_epochs or train_args["epochs"]
     return kfold_predictions(
         data_yaml,
