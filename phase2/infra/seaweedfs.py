@@ -32,6 +32,31 @@ from phase2.infra.settings import S3Settings, state_dir
 from phase2.registry.storage import ObjectStore, StorageError
 
 DEFAULT_BUCKET = "phase2"
+# `weed mini` hard-codes its volume server's minimum free space at 1% of the disk (mini.go,
+# miniVolumeMinFreeSpace) and has no flag for it: below that every volume is read-only and each
+# PUT waits on "assign volume" until the client times out.
+MINI_MIN_FREE_PERCENT = 1.0
+
+
+class InsufficientDiskSpace(RuntimeError):
+    """The disk under SeaweedFS's data dir is below what `weed mini` needs to accept writes."""
+
+
+def check_free_space(folder: Path) -> None:
+    """Raise InsufficientDiskSpace (naming the folder, the numbers and the fix) when `weed mini`
+    would start but refuse every write."""
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    usage = shutil.disk_usage(probe)
+    percent_free = 100.0 * usage.free / usage.total
+    if percent_free < MINI_MIN_FREE_PERCENT:
+        needed = usage.total * MINI_MIN_FREE_PERCENT / 100 - usage.free
+        raise InsufficientDiskSpace(
+            f"the disk holding {folder} has {usage.free / 2**30:.2f} GiB free of {usage.total / 2**30:.0f} GiB "
+            f"({percent_free:.2f}%); SeaweedFS (`weed mini`) accepts no writes below {MINI_MIN_FREE_PERCENT:.0f}% "
+            f"free. Free at least {needed / 2**30:.2f} GiB on that disk, or point PHASE2_STATE_DIR at another disk"
+        )
 
 
 class SeaweedPorts(BaseModel):
@@ -203,6 +228,7 @@ class SeaweedFS:
         """Start (or reuse the recorded running instance) and wait until S3 really serves."""
         with self._lock():
             if not self.is_running():
+                check_free_space(self.data_dir)
                 self._launch()
             self._wait_ready()
         return self
@@ -273,6 +299,10 @@ class SeaweedFS:
             f"SeaweedFS at {self.endpoint} not serving S3 after {self.ready_timeout:.0f} s "
             f"(last error: {last_error}); see {self.log_file}"
         )
+        try:  # the disk may have filled while we waited: then that is the reason to give
+            check_free_space(self.data_dir)
+        except InsufficientDiskSpace as exc:
+            message = f"{message}. Likely cause: {exc}"
         if self._process is not None:  # ours and useless: don't leave it running
             process, self._process = self._process, None
             stop_process_group(process.pid, grace=2.0, gone=lambda _: process.poll() is not None)

@@ -6,7 +6,6 @@ mid-run, SeaweedFS stopped in the middle of a registration. Real services and re
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import json
@@ -18,7 +17,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,30 +37,11 @@ from phase2.training.fine_tune import (
     read_results,
 )
 from tests.dataset.builders import edit_yaml, make_dataset, noise_jpeg, yaml_line
+from tests.plugins.disks import tmpfs
 from tests.plugins.flow_runs import NO_EXPORT_NO_REVIEW, flow_env, start_flow, tiny_recipe_file
 
 PHASE2 = str(Path(sys.executable).with_name("phase2"))
 WRONG_SECRET = "wrong-canary-secret-Kd82jsLq0"
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str, *options: str) -> Iterator[Path]:
-    """A small tmpfs at `path` (we run as root in CI); skips the test where mount is refused."""
-    path.mkdir(parents=True, exist_ok=True)
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if mount.returncode != 0:
-        reason = f"cannot mount a tmpfs here ({mount.stderr.strip() or 'not permitted'})"
-        if os.environ.get("CI"):  # CI runs as root: a fault test that cannot make its fault fails there
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

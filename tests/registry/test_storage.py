@@ -8,16 +8,18 @@ import json
 import os
 import stat
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
-from phase2.infra.seaweedfs import SeaweedFS, SeaweedPorts
+from phase2.infra.seaweedfs import InsufficientDiskSpace, SeaweedFS, SeaweedPorts
 from phase2.infra.settings import S3Settings
 from phase2.registry import storage
 from phase2.registry.storage import ObjectStore, PreconditionFailed, StorageError
+from tests.plugins.disks import fill_to_percent_free, tmpfs
 
 
 def _random_file(path: Path, size: int) -> Path:
@@ -255,3 +257,37 @@ def test_restart_mid_upload_publishes_nothing_torn_and_recovers(tmp_path, reliab
     finally:
         server.stop()
     assert not server.is_running()
+
+
+def test_start_on_a_nearly_full_disk_fails_at_once_naming_the_fix(tmp_path, reliability_log):
+    """`weed mini` accepts no write below 1% free disk, yet starts and answers /healthz: every PUT
+    then waits until the client times out (what CI saw on 2026-11-30 with 1.94 GiB free of 252).
+    start() must refuse at once, name the numbers and the fix, and launch nothing; just above the
+    threshold the real server must start and serve, so the check refuses no disk weed would accept."""
+    with tmpfs(tmp_path / "disk", "256m") as disk:
+        fill_to_percent_free(disk, 0.5)
+        server = SeaweedFS(disk / "state", ports=SeaweedPorts.free(), ready_timeout=15)
+        started = time.monotonic()
+        with pytest.raises(InsufficientDiskSpace, match=r"GiB free of .*\(0\.\d+%\).* Free at least") as refused:
+            server.start()
+        took = time.monotonic() - started
+        assert took < 5
+        assert not server.is_running() and not server.instance_file.exists()
+
+        fill_to_percent_free(disk, 1.5)
+        try:
+            server.start()
+            store = ObjectStore(server.settings())
+            store.put_bytes("probe/one", b"written on a disk with 1.5% free")
+            assert store.get_bytes("probe/one")[0] == b"written on a disk with 1.5% free"
+        finally:
+            server.stop()
+    reliability_log(
+        "fault",
+        "disk under SeaweedFS below 1% free (weed mini's fixed floor)",
+        expected=(
+            "start refuses at once naming free space, floor and fix, launching nothing; "
+            "at 1.5% free it starts and serves"
+        ),
+        observed=f"refused in {took:.2f} s: {str(refused.value)[:160]}...; at 1.5% free a PUT/GET round-trip worked",
+    )
