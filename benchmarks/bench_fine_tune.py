@@ -19,7 +19,7 @@
   (yolo11n.yaml, 320 px, --baseline-epochs) unless --start-weights is given; --work keeps it for re-runs.
 
 Run: .venv/bin/python benchmarks/bench_fine_tune.py --compare-bare --epochs 3 --repeats 5 [--train-images 32]
-       [--services-nice 19]
+       [--services-nice 19] [--checkpoint-interval 0]   # 0: the task uploads every save (default: the recipe's)
      .venv/bin/python benchmarks/bench_fine_tune.py --seed-vs-native --epochs 10 --work /tmp/bench-svn
 """
 
@@ -223,7 +223,14 @@ def spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.3f}, min {min(values):.3f}, max {max(values):.3f}"
 
 
-def compare_bare(work: Path, epochs: int, repeats: int, train_images: int | None, services_nice: int = 0) -> None:
+def compare_bare(
+    work: Path,
+    epochs: int,
+    repeats: int,
+    train_images: int | None,
+    services_nice: int = 0,
+    checkpoint_interval_s: float | None = None,
+) -> None:
     """Task vs bare `yolo train`, same arguments and the same torch threads, `repeats` interleaved
     pairs (ABBA order). The task is tasks/fine_tune.py's Prefect task run inside a Prefect flow (a
     real Prefect server, W&B offline, checkpoints to a real SeaweedFS), timed around the task call."""
@@ -240,6 +247,9 @@ def compare_bare(work: Path, epochs: int, repeats: int, train_images: int | None
     recipe = load_recipe("phase2-native")
     overrides = {"epochs": epochs, "device": "cpu", "workers": 0, "plots": False}
     recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update=overrides)})
+    if checkpoint_interval_s is not None:
+        interval = {"upload_interval_s": checkpoint_interval_s}
+        recipe = recipe.model_copy(update={"checkpoints": recipe.checkpoints.model_copy(update=interval)})
     imgsz = 320  # what phase2-native resolves to on the real data (native side 312 px)
     args = {"model": "yolo11n.yaml", **recipe.train.ultralytics_kwargs(imgsz)}
     threads = os.cpu_count() or 1
@@ -326,7 +336,8 @@ def compare_bare(work: Path, epochs: int, repeats: int, train_images: int | None
         f"\n== fine_tune Prefect task vs bare `yolo train`: phase2-native recipe ({imgsz} px, batch "
         f"{args['batch']}, {epochs} epochs, workers 0, plots off), yolo11n.yaml, real dataset ({subset}, "
         f"all val), CPU, torch threads {threads} in both, {repeats} interleaved pairs, local SeaweedFS and "
-        f"Prefect server at {f'nice {services_nice}' if services_nice else 'the bench process priority'} =="
+        f"Prefect server at {f'nice {services_nice}' if services_nice else 'the bench process priority'}, "
+        f"checkpoint uploads at least {recipe.checkpoints.upload_interval_s:g} s apart =="
     )
     for kind in runs:
         print(f"{kind:4s} wall s   : {spread([r['wall'] for r in runs[kind]])}")
@@ -473,6 +484,12 @@ def main() -> None:
         "default 0: they compete with training at its priority",
     )
     parser.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        help="--compare-bare: the recipe's checkpoints.upload_interval_s for the task (default: the recipe's; "
+        "0: upload every save)",
+    )
+    parser.add_argument(
         "--baseline-epochs",
         type=int,
         default=60,
@@ -497,7 +514,9 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="bench-fine-tune-"))
         atexit.register(shutil.rmtree, work, ignore_errors=True)
     if opts.compare_bare:
-        compare_bare(work / "bare", opts.epochs, opts.repeats, opts.train_images, opts.services_nice)
+        compare_bare(
+            work / "bare", opts.epochs, opts.repeats, opts.train_images, opts.services_nice, opts.checkpoint_interval
+        )
     if opts.seed_vs_native:
         seed_vs_native(work / "recipes", opts.epochs, opts.baseline_epochs, opts.start_weights, opts.variant)
     print(f"machine after: {machine()}")

@@ -43,6 +43,7 @@ def train(dataset: DatasetVersion, validation: ValidationOutput, ctx: RunContext
         run_prefix=ctx.layout.stage_prefix("train"),
         tracker=tracker(ctx),
         logger=logger(),
+        checkpoint_interval_s=recipe.checkpoints.upload_interval_s,
     )
     publish(
         ctx,

@@ -208,8 +208,10 @@ def fine_tune(
     on_epoch: Callable[[dict[str, str]], None] | None = None,
     logger: logging.Logger | logging.LoggerAdapter = log,
     identity: RunIdentity | None = None,
+    checkpoint_interval_s: float = 0.0,
 ) -> FineTuneResult:
-    """Train (or resume) into `save_dir`; stream epochs; upload checkpoints; return the summary.
+    """Train (or resume) into `save_dir`; stream epochs; upload checkpoints (at least
+    `checkpoint_interval_s` apart; the recipe's `checkpoints.upload_interval_s`); return the summary.
 
     `train_args` are Ultralytics train kwargs (epochs, imgsz, ...). Re-calling with the same
     `save_dir` after a crash continues from the newest complete last.pt (local, else S3) to the
@@ -290,7 +292,7 @@ def fine_tune(
     if resume_epoch:
         logger.info("Resuming %s after epoch %d of %d", save_dir, resume_epoch, epochs)
 
-    uploader = CheckpointUploader(store, run_prefix, weights_dir)
+    uploader = CheckpointUploader(store, run_prefix, weights_dir, min_interval_s=checkpoint_interval_s)
     # Rows of earlier attempts were streamed by them (the parent streams every row present when
     # the child exits); sending them again would duplicate those epochs in the resumed W&B run.
     streamed = rows_before
@@ -341,6 +343,8 @@ def fine_tune(
         finally:
             _kill_child(proc)
             record_path(save_dir.parent, save_dir.name).unlink(missing_ok=True)
+            if proc.returncode != 0:  # a retry on another machine resumes from the newest one
+                uploader.poll(flush=True)
             uploader.finish(cancel_pending=proc.returncode == 0)
     if proc.returncode != 0:
         tail = log_file.read_text(errors="replace").splitlines()[-25:]

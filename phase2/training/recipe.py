@@ -125,6 +125,20 @@ class ValidationSettings(BaseModel):
     allow: list[str] = Field(default_factory=list, description="Finding codes that don't block training.")
 
 
+class CheckpointSettings(BaseModel):
+    """How often training's checkpoints (last.pt, best.pt, epochN.pt) are copied to S3 while it runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upload_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="At least this long between checkpoint uploads while training (0: every save). The first "
+        "save goes at once, a failed training sends its newest one, the end sends the final ones; a lost machine "
+        "loses at most this plus one epoch. Each upload is a whole checkpoint (26 MB for yolo11n with AdamW).",
+    )
+
+
 class Recipe(BaseModel):
     """A whole Phase 2 recipe: training arguments plus the policies around them."""
 
@@ -147,6 +161,7 @@ class Recipe(BaseModel):
     promotion: PromotionRule = Field(default_factory=PromotionRule)
     export: ExportSettings = Field(default_factory=ExportSettings)
     label_review: LabelReviewSettings = Field(default_factory=LabelReviewSettings)
+    checkpoints: CheckpointSettings = Field(default_factory=CheckpointSettings)
 
     @model_validator(mode="after")
     def _class_names_are_known(self) -> Recipe:

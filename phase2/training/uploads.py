@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,10 +49,14 @@ class CheckpointUploader:
     A file is uploaded once its size and mtime are unchanged for one poll and it is a complete
     zip; it is first copied aside so training can overwrite it during the upload. What was
     uploaded is remembered by (size, mtime) and sha256, so the final upload skips unchanged files.
+    Uploads go in rounds at least `min_interval_s` apart (the first at once); a file rewritten
+    meanwhile waits for the next round, which sends its newest version (`flush` sends it now).
     """
 
-    def __init__(self, store, prefix: str, weights_dir: Path):
+    def __init__(self, store, prefix: str, weights_dir: Path, *, min_interval_s: float = 0.0):
         self.store, self.prefix, self.weights_dir = store, prefix, weights_dir
+        self.min_interval_s = min_interval_s
+        self._last_round: float | None = None
         self.pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="ckpt-upload", initializer=_upload_at_low_priority
         )
@@ -63,21 +68,29 @@ class CheckpointUploader:
         self.errors: list[str] = []
         self._lock = threading.Lock()
 
-    def poll(self) -> None:
+    def poll(self, *, flush: bool = False) -> None:
+        """Submit the files that changed and then stayed unchanged for one poll, if a round is due;
+        `flush`: submit every changed file now (training failed: send its newest checkpoint)."""
         if not self.store or not self.weights_dir.exists():
             return
+        now = time.monotonic()
+        due = flush or self._last_round is None or now - self._last_round >= self.min_interval_s
+        submitted = False
         for path in sorted(self.weights_dir.glob("*.pt")):
             if path.name.startswith(".upload-"):
                 continue  # our own snapshot of a file being uploaded (pathlib's * matches dotfiles)
             sig = file_version(path)
             if sig is None or self.seen.get(path.name) == sig:
                 continue
-            if self.pending.get(path.name) == sig:
+            if (self.pending.get(path.name) == sig or flush) and due:
                 self.seen[path.name] = sig
-                del self.pending[path.name]
+                self.pending.pop(path.name, None)
                 self.pool.submit(self._upload, path)
-            else:
+                submitted = True
+            elif self.pending.get(path.name) != sig:
                 self.pending[path.name] = sig
+        if submitted:
+            self._last_round = now
 
     def _upload(self, path: Path) -> None:
         snapshot = path.with_name(f".upload-{path.name}")

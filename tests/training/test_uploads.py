@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,36 @@ def test_best_pt_equal_to_last_pt_is_copied_in_the_store_not_sent_again(tmp_path
     upload_once(uploader)
     uploader.finish()
     assert store.copies == [("runs/c/train/weights/best.pt", "runs/c/train/weights/last.pt")]
+
+
+def test_uploads_wait_out_the_interval_then_send_the_newest_version(tmp_path, object_store):
+    """With `min_interval_s`, the first checkpoint goes at once; versions written within the
+    interval are not sent; the round after it sends the newest one; flush sends it at once."""
+
+    def save(epoch: int) -> None:
+        torch.save({"epoch": epoch}, weights / "last.pt")
+        os.utime(weights / "last.pt", ns=(epoch * 10**9, epoch * 10**9))  # a new (size, mtime) each save
+
+    def stored_epoch() -> int:
+        got = object_store.get_file("runs/i/train/weights/last.pt", tmp_path / "stored.pt")
+        return torch.load(got, weights_only=True)["epoch"]
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    store = PriorityRecordingStore(object_store)
+    uploader = CheckpointUploader(store, "runs/i/train", weights, min_interval_s=1.5)
+    save(1)
+    upload_once(uploader)
+    assert (len(store.nice_values), stored_epoch()) == (1, 1)  # the first round: at once
+    for epoch in (2, 3):  # both within the interval: nothing sent
+        save(epoch)
+        upload_once(uploader)
+    assert (len(store.nice_values), stored_epoch()) == (1, 1)
+    time.sleep(1.6)
+    upload_once(uploader)
+    assert (len(store.nice_values), stored_epoch()) == (2, 3)  # the round after: the newest version only
+
+    save(4)  # within the new interval, then training fails: flush sends it without waiting
+    uploader.poll(flush=True)
+    uploader.finish()
+    assert (len(store.nice_values), stored_epoch()) == (3, 4)
