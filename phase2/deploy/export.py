@@ -51,9 +51,9 @@ def export_weights(
 ) -> ExportedModel:
     """Export ``weights`` to ``fmt`` at ``imgsz`` into ``out_dir``.
 
-    ONNX: onnxslim on, opset :data:`ONNX_OPSET`, dynamic batch and image axes (``imgsz`` is its
-    recorded size, what Ultralytics' predictor letterboxes to). Raises :class:`ExportError` when the format's
-    package is missing or the exporter fails.
+    Every format with dynamic batch and image axes (``imgsz`` is its recorded size, what
+    Ultralytics' predictor letterboxes to); ONNX: onnxslim on, opset :data:`ONNX_OPSET`. Raises
+    :class:`ExportError` when the format's package is missing or the exporter fails.
     """
     from ultralytics import YOLO
 
@@ -74,12 +74,11 @@ def export_weights(
     if Path(weights).resolve() != source:
         shutil.copyfile(verify_checkpoint(Path(weights).resolve()), source)
     options: dict[str, object] = {"format": fmt, "imgsz": imgsz, "half": half, "batch": 1}
-    if fmt in ("onnx", "openvino"):
-        # Dynamic axes: the export then validates like the .pt (rectangular batches of the protocol's
-        # batch size); a static one is validated square at batch 1, a different input that moved
-        # mAP50 by 0.009 (onnx, real test split) and 0.059 (openvino, learned val images) with the
-        # boxes otherwise identical (measured).
-        options["dynamic"] = True
+    # Dynamic axes, every format: the export then validates like the .pt (rectangular batches of the
+    # protocol's batch size); a static one is validated square at batch 1, a different input that
+    # moved mAP50 by 0.009 (onnx, real test split) and 0.059 (openvino and torchscript, learned val
+    # images) with the boxes otherwise identical (measured).
+    options["dynamic"] = True
     if fmt == "onnx":
         options |= {"simplify": True, "opset": ONNX_OPSET}
     if not half:

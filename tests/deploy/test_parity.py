@@ -2,7 +2,7 @@
 real images it learned, where its mAP50 is far from 0, at the default tolerances.
 
 The registration path (selection's saved match table -> prepare_deployables, as
-tasks/register.py calls them) exports ONNX and OpenVINO and records their parity; the numbers
+tasks/register.py calls them) exports ONNX, OpenVINO and TorchScript and records their parity; the numbers
 are re-derived here with Ultralytics' val() of each file and torchvision's box IoU, and an
 export made at the wrong size is reported unusable.
 """
@@ -57,7 +57,7 @@ def _metadata() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def learned(learned_model, tmp_path_factory) -> dict[str, Any]:
     """Selection on the learned run (it saves the winner's match table on the gate split, val
-    here), then prepare_deployables with that table, ONNX + OpenVINO at the default tolerances."""
+    here), then prepare_deployables with that table, ONNX + OpenVINO + TorchScript at the default tolerances."""
     from phase2.deploy.package import prepare_deployables
     from phase2.deploy.settings import ExportSettings
     from phase2.evaluation.selection import SelectionPolicy, select_checkpoint
@@ -80,7 +80,7 @@ def learned(learned_model, tmp_path_factory) -> dict[str, Any]:
             weights=selection.winner,
             data_yaml=data_yaml,
             protocol=PROTOCOL,
-            settings=ExportSettings(formats=["onnx", "openvino"]),
+            settings=ExportSettings(formats=["onnx", "openvino", "torchscript"]),
             out_dir=root / "deploy",
             card_inputs={"model_name": NAME, "names": list(selection.val.metrics["per_class"]), **_metadata()},
             files=files,
@@ -126,14 +126,14 @@ def _agreement(pt_results: list[Any], export_results: list[Any]) -> tuple[int, i
     return total, matched
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "torchscript"])
 def test_recorded_parity_is_rederived_with_ultralytics_val_and_torchvision(learned, fmt, tmp_path):
     from phase2.dataset.layout import resolve_split_images
 
     deploy = learned["deploy"]
     record = deploy.exports[fmt]
     parity = record.parity
-    exported = deploy.files[record.path] if fmt == "onnx" else deploy.files[record.files[0]].parent
+    exported = deploy.files[record.files[0]].parent if fmt == "openvino" else deploy.files[record.path]
     assert record.usable and record.reason is None, record
     assert parity.split == "val" and parity.n_images == 10 and record.imgsz == PROTOCOL.imgsz
 
@@ -158,7 +158,7 @@ def test_the_pt_is_not_evaluated_again_when_selection_saved_its_table(learned):
     deploy, calls = learned["deploy"], learned["calls"]
     assert deploy.reference == f"saved match table {learned['saved_matches']}", deploy.reference
     assert calls.of(".pt") == 0, calls.models  # only the exports were validated
-    assert calls.of(".onnx") == 1 and calls.of("_openvino_model") == 1, calls.models
+    assert calls.of(".onnx") == calls.of("_openvino_model") == calls.of(".torchscript") == 1, calls.models
     assert deploy.gate is not None and deploy.gate["metrics"]["mAP50"]["value"] == pytest.approx(
         deploy.exports["onnx"].parity.map50_pt
     )
