@@ -34,6 +34,7 @@ from phase2.training.fine_tune import (
 )
 from phase2.training.identity import RunIdentity, StaleRun
 from phase2.training.recipe import Recipe
+from phase2.training.uploads import file_version
 from tests.training.weights import yolo_checkpoint
 
 EPOCHS = 2
@@ -334,3 +335,45 @@ def test_start_weights_from_scratch_baseline_or_recipe_model(object_store, tmp_p
     assert start_weights(baseline_recipe, str(local), registry, cache_dir=cache) == str(local.resolve())
     own_model = Recipe(name="r", train={"model": "yolo11s.yaml"})
     assert start_weights(own_model, str(local), registry, cache_dir=cache) == "yolo11s.yaml"
+
+
+def test_a_failed_training_sends_its_newest_checkpoint_despite_the_interval(data_yaml, tmp_path, object_store):
+    """With a long upload interval S3 gets epoch 1's checkpoint while training and not epoch 2's; when
+    the child then dies (kill -9), the parent sends epoch 2's before raising, so a retry on another
+    machine resumes after epoch 2, not epoch 1."""
+    save_dir, prefix = tmp_path / "train", "runs/flush/train"
+    key = f"{prefix}/weights/last.pt"
+    args = run_args(data_yaml, save_dir, prefix, store=object_store, checkpoint_interval_s=3600)
+    args["train_args"] = {**TRAIN_ARGS, "epochs": 3}
+    last = save_dir / "weights" / "last.pt"
+
+    def stored_epoch() -> int:
+        return checkpoint_state(object_store.get_file(key, tmp_path / f"stored-{uuid.uuid4().hex}.pt"))["epoch"]
+
+    def wait_for(condition, what: str) -> None:  # cheap checks, 20 ms apart: tiny epochs are fast
+        deadline = time.monotonic() + 300
+        while not condition():
+            assert not future.done(), f"training ended before {what}"
+            assert time.monotonic() < deadline, f"{what} never happened"
+            time.sleep(0.02)
+
+    with ThreadPoolExecutor(1) as pool:
+        future = start(pool, **args)
+        pid = child_pid(save_dir.parent / f"{save_dir.name}.spec.json")
+        wait_for(
+            lambda: len(read_results(save_dir / "results.csv")) >= 1 and checkpoint_is_complete(last), "epoch 1 saved"
+        )
+        os.kill(pid, signal.SIGSTOP)  # held until epoch 1's checkpoint is in S3: the first round, at once
+        epoch_1_version = file_version(last)
+        assert checkpoint_state(last)["epoch"] == 0, "stopped too late: epoch 2 was already saved"
+        wait_for(lambda: object_store.exists(key), "epoch 1's last.pt in S3")
+        os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: file_version(last) != epoch_1_version and checkpoint_is_complete(last), "epoch 2 saved")
+        os.kill(pid, signal.SIGSTOP)
+        assert checkpoint_state(last)["epoch"] == 1, "stopped too late: epoch 3 was already saved"
+        time.sleep(1.0)  # five polls: within the interval, epoch 2's checkpoint is not sent
+        assert stored_epoch() == 0
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(TrainingFailed, match="exited with -9"):
+            future.result(timeout=120)
+    assert stored_epoch() == 1 == checkpoint_state(last)["epoch"]
