@@ -223,6 +223,15 @@ def spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.3f}, min {min(values):.3f}, max {max(values):.3f}"
 
 
+def median_interval(values: list[float]) -> str:
+    """Percentile bootstrap 95% interval of the median (scipy; 10,000 resamples, seed 0): how far the
+    headline could move on this machine's run-to-run noise."""
+    from scipy.stats import bootstrap
+
+    result = bootstrap((values,), statistics.median, n_resamples=10_000, method="percentile", random_state=0)
+    return f"[{result.confidence_interval.low:.3f}, {result.confidence_interval.high:.3f}]"
+
+
 def compare_bare(
     work: Path,
     epochs: int,
@@ -343,6 +352,8 @@ def compare_bare(
         print(f"{kind:4s} wall s   : {spread([r['wall'] for r in runs[kind]])}")
         print(f"{kind:4s} s/epoch  : {spread(s_epoch[kind])}")
     print(f"ratio task/bare (paired): {spread(ratios)}   target <= 1.03")
+    within = sum(r <= 1.03 for r in ratios)
+    print(f"  95% CI of that median : {median_interval(ratios)}; pairs <= 1.03: {within}/{len(ratios)}")
     print(f"fixed cost of the task  : {spread(fixed)} s")
     loads = [r[at] for k in runs for r in runs[k] for at in ("load", "load_after")]
     print(f"load average (1 min) at each run's start and end: {spread(loads)}")

@@ -133,9 +133,9 @@ class CheckpointSettings(BaseModel):
     upload_interval_s: float = Field(
         60.0,
         ge=0,
-        description="At least this long between checkpoint uploads while training (0: every save). The first "
-        "save goes at once, a failed training sends its newest one, the end sends the final ones; a lost machine "
-        "loses at most this plus one epoch. Each upload is a whole checkpoint (26 MB for yolo11n with AdamW).",
+        description="At least this long between checkpoint uploads while training, counted from its start (0: "
+        "every save). A failed training sends its newest one, the end sends the final ones; a lost machine loses "
+        "at most this plus one epoch. Each upload is a whole checkpoint (26 MB for yolo11n with AdamW).",
     )
 
 

@@ -49,14 +49,15 @@ class CheckpointUploader:
     A file is uploaded once its size and mtime are unchanged for one poll and it is a complete
     zip; it is first copied aside so training can overwrite it during the upload. What was
     uploaded is remembered by (size, mtime) and sha256, so the final upload skips unchanged files.
-    Uploads go in rounds at least `min_interval_s` apart (the first at once); a file rewritten
-    meanwhile waits for the next round, which sends its newest version (`flush` sends it now).
+    Uploads go in rounds at least `min_interval_s` apart, counted from the uploader's start (the
+    child's spawn); a file written meanwhile waits for the next round, which sends its newest version
+    (`flush` sends it now).
     """
 
     def __init__(self, store, prefix: str, weights_dir: Path, *, min_interval_s: float = 0.0):
         self.store, self.prefix, self.weights_dir = store, prefix, weights_dir
         self.min_interval_s = min_interval_s
-        self._last_round: float | None = None
+        self._last_round = time.monotonic()
         self.pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="ckpt-upload", initializer=_upload_at_low_priority
         )
@@ -74,7 +75,7 @@ class CheckpointUploader:
         if not self.store or not self.weights_dir.exists():
             return
         now = time.monotonic()
-        due = flush or self._last_round is None or now - self._last_round >= self.min_interval_s
+        due = flush or now - self._last_round >= self.min_interval_s
         submitted = False
         for path in sorted(self.weights_dir.glob("*.pt")):
             if path.name.startswith(".upload-"):

@@ -81,7 +81,10 @@ def test_run_killed_on_one_machine_completes_on_another_from_s3(
     params = {
         "data": str(small_real_dataset),
         "baseline": "yolo11n.yaml",
-        "recipe_name": str(tiny_recipe_file(tmp_path, epochs=EPOCHS, plots=False)),
+        # Checkpoints to S3 every 5 s instead of the default minute: the kill needs one there.
+        "recipe_name": str(
+            tiny_recipe_file(tmp_path, {"checkpoints": {"upload_interval_s": 5}}, epochs=EPOCHS, plots=False)
+        ),
         "model_name": run_name,
         "run_name": run_name,
     }

@@ -100,14 +100,17 @@ def test_best_pt_equal_to_last_pt_is_copied_in_the_store_not_sent_again(tmp_path
 
 
 def test_uploads_wait_out_the_interval_then_send_the_newest_version(tmp_path, object_store):
-    """With `min_interval_s`, the first checkpoint goes at once; versions written within the
-    interval are not sent; the round after it sends the newest one; flush sends it at once."""
+    """With `min_interval_s`, nothing is sent before the interval has passed since the start; versions
+    written within it are not sent; the round after it sends the newest one only; the next waits a
+    whole interval again, and flush sends the newest version at once."""
 
     def save(epoch: int) -> None:
         torch.save({"epoch": epoch}, weights / "last.pt")
         os.utime(weights / "last.pt", ns=(epoch * 10**9, epoch * 10**9))  # a new (size, mtime) each save
 
-    def stored_epoch() -> int:
+    def stored_epoch() -> int | None:
+        if not object_store.exists("runs/i/train/weights/last.pt"):
+            return None
         got = object_store.get_file("runs/i/train/weights/last.pt", tmp_path / "stored.pt")
         return torch.load(got, weights_only=True)["epoch"]
 
@@ -115,18 +118,18 @@ def test_uploads_wait_out_the_interval_then_send_the_newest_version(tmp_path, ob
     weights.mkdir()
     store = PriorityRecordingStore(object_store)
     uploader = CheckpointUploader(store, "runs/i/train", weights, min_interval_s=1.5)
-    save(1)
-    upload_once(uploader)
-    assert (len(store.nice_values), stored_epoch()) == (1, 1)  # the first round: at once
-    for epoch in (2, 3):  # both within the interval: nothing sent
+    for epoch in (1, 2):  # within the first interval: nothing sent
         save(epoch)
         upload_once(uploader)
-    assert (len(store.nice_values), stored_epoch()) == (1, 1)
+    assert (len(store.nice_values), stored_epoch()) == (0, None)
     time.sleep(1.6)
     upload_once(uploader)
-    assert (len(store.nice_values), stored_epoch()) == (2, 3)  # the round after: the newest version only
+    assert (len(store.nice_values), stored_epoch()) == (1, 2)  # the round after it: the newest version only
+    save(3)  # within the next interval: waits
+    upload_once(uploader)
+    assert (len(store.nice_values), stored_epoch()) == (1, 2)
 
-    save(4)  # within the new interval, then training fails: flush sends it without waiting
+    save(4)  # then training fails: flush sends the newest version without waiting
     uploader.poll(flush=True)
     uploader.finish()
-    assert (len(store.nice_values), stored_epoch()) == (3, 4)
+    assert (len(store.nice_values), stored_epoch()) == (2, 4)
