@@ -373,3 +373,24 @@ def test_a_failed_training_sends_its_newest_checkpoint_despite_the_interval(data
             future.result(timeout=120)
     stored = object_store.get_file(key, tmp_path / "stored.pt")
     assert checkpoint_state(stored)["epoch"] == newest == checkpoint_state(last)["epoch"]
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="pidfd_open is Linux's")
+def test_waiting_on_the_child_does_not_wake_the_parent_every_50_ms():
+    """The parent waits on the training child once a second; it must sleep in between (Popen.wait's
+    timeout polls every 50 ms: ~25 wakeups/s on a core training needs)."""
+    import subprocess
+    import threading
+
+    from phase2.training.fine_tune import _wait_for_exit
+
+    def wakeups() -> int:
+        status = Path(f"/proc/self/task/{threading.get_native_id()}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("voluntary_ctxt")).split()[1])
+
+    child = subprocess.Popen(["sleep", "2"])
+    before = wakeups()
+    assert _wait_for_exit(child, 1.0) is None  # still running after 1 s
+    assert wakeups() - before <= 3
+    assert _wait_for_exit(child, 5.0) == 0
+    assert _wait_for_exit(child, 5.0) == 0  # reaped: answered from returncode
