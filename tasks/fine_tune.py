@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from prefect import task
@@ -41,7 +42,7 @@ def train(dataset: DatasetVersion, validation: ValidationOutput, ctx: RunContext
         save_dir=ctx.layout.stage_dir("train"),
         store=store,
         run_prefix=ctx.layout.stage_prefix("train"),
-        tracker=tracker(ctx),
+        tracker=partial(tracker, ctx),  # opened once the training child is started
         logger=logger(),
         checkpoint_interval_s=recipe.checkpoints.upload_interval_s,
     )

@@ -42,6 +42,7 @@ from phase2.training.identity import (
 from phase2.training.uploads import CheckpointUploader, checkpoint_is_complete, file_version
 
 if TYPE_CHECKING:  # annotations only: the training child imports this module and needs neither
+    from phase2.infra.tracking import Tracker
     from phase2.registry.registry import Registry
     from phase2.training.recipe import Recipe
 
@@ -173,6 +174,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs first thing in the tr
         sys.exit(f"the process that started this training (pid {parent}) is gone; not training")
 
 
+def _opened(tracker: Tracker | Callable[[], Tracker] | None) -> Tracker | None:
+    """The tracker, opening it if given as the function that opens it."""
+    return tracker() if callable(tracker) else tracker
+
+
 def _wait_for_exit(proc: subprocess.Popen, timeout: float) -> int | None:
     """The child's exit code, or None if it still runs after `timeout` seconds.
 
@@ -220,7 +226,7 @@ def fine_tune(
     save_dir: Path,
     store=None,
     run_prefix: str,
-    tracker=None,
+    tracker: Tracker | Callable[[], Tracker] | None = None,
     poll_s: float = 1.0,
     on_epoch: Callable[[dict[str, str]], None] | None = None,
     logger: logging.Logger | logging.LoggerAdapter = log,
@@ -237,6 +243,9 @@ def fine_tune(
     the dataset version is the content hash of `data_yaml`'s images and labels) is recorded with
     the run, and a run recorded with another identity raises
     :class:`phase2.training.identity.StaleRun` saying what differs.
+
+    `tracker` may be a function that opens it: it is then called once the child is started, so W&B's
+    start-up runs beside the child's (single-threaded imports: the second core is idle then).
     """
     save_dir = Path(save_dir)
     weights_dir = save_dir / "weights"
@@ -286,6 +295,7 @@ def fine_tune(
     elif save_dir.exists():
         shutil.rmtree(save_dir)  # leftovers of an attempt that never saved an epoch
     if finished:
+        tracker = _opened(tracker)
         logger.info("%s already finished training; summarizing it", save_dir)
         finished_rows = len(read_results(results_csv))
         return _summarize(
@@ -327,6 +337,7 @@ def fine_tune(
         write_record(record_path(save_dir.parent, save_dir.name), proc.pid, command)
         results_version = None
         try:
+            tracker = _opened(tracker)
             while True:
                 # Blocks until the child exits or poll_s passes: no polling latency at the end.
                 code = _wait_for_exit(proc, poll_s)

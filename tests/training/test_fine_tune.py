@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from phase2.infra.files import sha256_file
+from phase2.infra.processes import record_path
 from phase2.infra.tracking import Tracker, offline_history
 from phase2.registry.registry import Registry
 from phase2.training.fine_tune import (
@@ -121,17 +122,26 @@ def start(pool: ThreadPoolExecutor, **kwargs) -> Future:
 
 
 def test_two_epochs_stream_to_wandb_and_checkpoints_to_s3(data_yaml, tmp_path, object_store):
-    tracker = Tracker(run_id(), config={"train": TRAIN_ARGS})
+    opened: list[tuple[Tracker, bool]] = []
+
+    def open_tracker() -> Tracker:  # W&B's start-up must run beside the child's, not before it
+        child_running = record_path(tmp_path, "train").exists()  # written right after the spawn
+        opened.append((Tracker(run_id(), config={"train": TRAIN_ARGS}), child_running))
+        return opened[-1][0]
+
     seen: list[str] = []
     try:
         result = fine_tune(
             **run_args(data_yaml, tmp_path / "train", "runs/r1/train", store=object_store),
-            tracker=tracker,
+            tracker=open_tracker,
             poll_s=0.2,
             on_epoch=lambda row: seen.append(row["epoch"]),
         )
     finally:
-        tracker.finish()
+        for tracker, _ in opened:
+            tracker.finish()
+    assert [child_running for _, child_running in opened] == [True], "opened once, after the child started"
+    tracker = opened[0][0]
 
     history = offline_history(tracker.run_dir)
     assert [row["epoch"] for row in history] == [1, 2]
